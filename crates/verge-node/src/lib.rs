@@ -1,1 +1,157 @@
-//! placeholder
+//! A Verge edge node: actix actors wiring the transport, the membership table and the metrics
+//! endpoint into one process.
+//!
+//! Actors are thin drivers. [`actors::MembershipActor`] owns the [`membership::Membership`] state
+//! machine and feeds it heartbeats and clock ticks; [`actors::NetworkActor`] owns the quinn endpoint
+//! and runs one task per connection and stream. Decisions (who is alive, what a frame means) live in
+//! plain structs and in `verge-proto`/`verge-net`, tested without a network.
+
+pub mod actors;
+pub mod config;
+mod http;
+pub mod membership;
+pub mod metrics;
+
+use std::time::{Duration, Instant};
+
+use actix::Actor;
+use tracing::{error, info, warn};
+use verge_net::{Net, NetError};
+use verge_pki::{NodeTls, PkiError};
+
+pub use config::{ConfigError, NodeConfig};
+
+/// Why a node could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration was refused.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The TLS material named by the configuration is unusable.
+    #[error("TLS material (keys tls.ca / tls.cert / tls.key): {0}")]
+    Tls(#[from] PkiError),
+    /// The certificate belongs to another node.
+    #[error(
+        "config says id = \"{config_id}\" but {cert} is the certificate of node {cert_id}; issue one with `verge cert issue --node {config_id}`"
+    )]
+    IdMismatch {
+        /// The id in the config.
+        config_id: String,
+        /// The id in the certificate.
+        cert_id: String,
+        /// The certificate file.
+        cert: String,
+    },
+    /// The data directory cannot be created.
+    #[error("data_dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The QUIC endpoint could not be set up.
+    #[error("network (key listen): {0}")]
+    Net(#[from] NetError),
+    /// The metrics server could not listen.
+    #[error("metrics_listen {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The async runtime could not be built.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Grace period for peers to hear a clean shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(300);
+
+/// Runs a node until SIGINT or SIGTERM. Blocks the calling thread.
+pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(NodeError::Runtime)?;
+    let system = actix::System::with_tokio_rt(|| rt);
+    system.block_on(run_inner(cfg))
+}
+
+async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
+    let started = Instant::now();
+    let tls = NodeTls::load(&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key)?;
+    if tls.id != cfg.id {
+        return Err(NodeError::IdMismatch {
+            config_id: cfg.id.to_string(),
+            cert_id: tls.id.to_string(),
+            cert: cfg.tls.cert.display().to_string(),
+        });
+    }
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| NodeError::DataDir {
+        path: cfg.data_dir.display().to_string(),
+        source,
+    })?;
+    let net = Net::bind(cfg.listen, &tls, cfg.net.to_net_config())?;
+    let listen = net.local_addr().unwrap_or(cfg.listen);
+    let metrics = metrics::Metrics::new();
+
+    let metrics_addr = match cfg.metrics_listen {
+        Some(addr) => Some(
+            http::serve_metrics(addr, metrics.clone())
+                .await
+                .map_err(|source| NodeError::Metrics { addr, source })?,
+        ),
+        None => None,
+    };
+
+    let membership = actors::MembershipActor::new(&cfg, listen, metrics.clone()).start();
+    let _network = actors::NetworkActor::new(
+        net.clone(),
+        &cfg,
+        membership.clone(),
+        metrics.clone(),
+        actors::NodeInfo {
+            id: cfg.id.clone(),
+            listen,
+            started,
+        },
+    )
+    .start();
+    info!(
+        node = %cfg.id,
+        %listen,
+        metrics = ?metrics_addr,
+        peers = cfg.peers.len(),
+        "node started"
+    );
+
+    wait_for_signal().await;
+    info!(node = %cfg.id, "shutting down");
+    net.shutdown(SHUTDOWN_GRACE).await;
+    actix::System::current().stop();
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => info!("SIGTERM received"),
+                r = tokio::signal::ctrl_c() => match r {
+                    Ok(()) => info!("SIGINT received"),
+                    Err(e) => error!("cannot listen for Ctrl-C: {e}"),
+                },
+            }
+        }
+        Err(e) => {
+            warn!("cannot listen for SIGTERM ({e}); only Ctrl-C stops this node");
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                error!("cannot listen for Ctrl-C: {e}");
+            }
+        }
+    }
+}

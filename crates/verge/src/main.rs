@@ -1,1 +1,165 @@
-fn main() {}
+//! `verge`: one binary for the edge node, its administration, certificates, the local demo and the
+//! benchmarks. This file only parses arguments and calls into the crates; errors become a message
+//! on stderr and an exit code.
+
+mod ctl;
+mod demo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use verge_pki::ClusterCa;
+use verge_proto::NodeId;
+
+/// Exit code for a failed command.
+const EXIT_FAILED: u8 = 1;
+/// Exit code when a node could not be reached or refused the client.
+pub(crate) const EXIT_UNREACHABLE: u8 = 3;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "verge",
+    version,
+    about = "An edge mesh for smart-traffic intersections",
+    after_help = "Examples:\n  verge demo --duration 30\n  verge cert init --out ca --cluster main-st\n  verge node --config configs/b1.toml\n  verge ctl --config configs/ctl.toml members --json"
+)]
+struct Cli {
+    /// Log format on stderr. `RUST_LOG` sets the level (default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one edge node.
+    Node {
+        /// The node's TOML config (see configs/).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Make the cluster CA and issue node and admin certificates.
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// Administer a running node over its mTLS admin endpoint.
+    Ctl(ctl::CtlArgs),
+    /// Run a local cluster on 127.0.0.1 and show its membership.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Create a cluster CA: DIR/ca.pem and DIR/ca.key (0600).
+    #[command(after_help = "Example:\n  verge cert init --out ca --cluster main-st")]
+    Init {
+        /// Directory to write into (created if missing; nothing is overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// The cluster's name (a DNS label, e.g. `main-st`).
+        #[arg(long)]
+        cluster: String,
+    },
+    /// Issue a node or admin certificate signed by the cluster CA.
+    #[command(
+        after_help = "Examples:\n  verge cert issue --ca ca --node b1 --out certs     # certs/node-b1.pem, .key\n  verge cert issue --ca ca --admin alice --out certs # certs/admin-alice.pem, .key"
+    )]
+    Issue {
+        /// The CA directory made by `verge cert init`.
+        #[arg(long)]
+        ca: PathBuf,
+        /// Issue a node certificate for this node id.
+        #[arg(long, conflicts_with = "admin", required_unless_present = "admin")]
+        node: Option<String>,
+        /// Issue an admin certificate for this operator.
+        #[arg(long)]
+        admin: Option<String>,
+        /// Directory to write into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Node { config } => {
+            let cfg = verge_node::NodeConfig::load(&config)?;
+            verge_node::run(cfg)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cert(CertCommand::Init { out, cluster }) => {
+            let ca = ClusterCa::generate(&cluster)?;
+            let files = ca.write(&out)?;
+            println!(
+                "cluster CA `{cluster}`: {} (key {}, mode 0600)",
+                files.cert.display(),
+                files.key.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cert(CertCommand::Issue {
+            ca,
+            node,
+            admin,
+            out,
+        }) => {
+            let ca = ClusterCa::load(&ca)?;
+            let issued = match (node, admin) {
+                (Some(id), _) => ca.issue_node(&NodeId::new(id)?)?,
+                (None, Some(name)) => ca.issue_admin(&name)?,
+                (None, None) => anyhow::bail!("give --node ID or --admin NAME"),
+            };
+            let (cert, key) = issued.write(&out)?;
+            println!(
+                "{}: {} (key {}, mode 0600)",
+                issued.identity,
+                cert.display(),
+                key.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ctl(args) => runtime()?.block_on(ctl::run(args)),
+        Command::Demo(args) => runtime()?.block_on(demo::run(args)),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}

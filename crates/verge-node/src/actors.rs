@@ -1,0 +1,471 @@
+//! The node's actors.
+//!
+//! [`MembershipActor`] is the only owner of the membership table. [`NetworkActor`] owns the QUIC
+//! endpoint; it runs the accept loop and one dialer per peer as tokio tasks, because a connection's
+//! IO must not wait on the actor's mailbox, and reports what it hears to the membership actor.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use quinn::Connection;
+use rand::Rng;
+use tracing::{debug, info, warn};
+use verge_net::{Accepted, CloseCode, FramedRecv, FramedSend, Net, NetError, authenticate};
+use verge_proto::NodeId;
+use verge_proto::admin::{AdminRequest, AdminResponse, MemberState, MemberView, NodeStatus};
+use verge_proto::peer::PeerMessage;
+
+use crate::config::NodeConfig;
+use crate::membership::{DetectorConfig, Membership};
+use crate::metrics::Metrics;
+
+/// How often the membership table is re-evaluated.
+const TICK: Duration = Duration::from_millis(50);
+/// First and longest wait between two attempts to dial a peer.
+const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Evidence that a peer is alive.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Heard {
+    /// The peer, as its certificate says.
+    pub id: NodeId,
+    /// A round trip measured with it, if any.
+    pub rtt: Option<Duration>,
+}
+
+/// Asks for the membership table.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<MemberView>")]
+pub struct GetMembers;
+
+/// Asks for (alive, suspect, down) counts.
+#[derive(Debug, Message)]
+#[rtype(result = "(u32, u32, u32)")]
+pub struct GetCounts;
+
+/// Owns the membership table; fed by heartbeats and its own clock.
+#[derive(Debug)]
+pub struct MembershipActor {
+    table: Membership,
+    origin: Instant,
+    metrics: Metrics,
+}
+
+impl MembershipActor {
+    /// A table of the configured peers.
+    pub fn new(cfg: &NodeConfig, listen: SocketAddr, metrics: Metrics) -> Self {
+        let m = &cfg.membership;
+        let detector = DetectorConfig {
+            heartbeat: Duration::from_millis(m.heartbeat_ms),
+            acceptable_pause: Duration::from_millis(m.acceptable_pause_ms),
+            min_std_dev: Duration::from_millis(m.min_std_dev_ms),
+            phi_suspect: m.phi_suspect,
+            phi_down: m.phi_down,
+        };
+        let peers = cfg
+            .peers
+            .iter()
+            .map(|p| (p.id.clone(), p.addr.to_string()));
+        let table = Membership::new(cfg.id.clone(), listen.to_string(), peers, detector);
+        let (a, s, d) = table.counts();
+        metrics.set_peers(a, s, d);
+        Self {
+            table,
+            origin: Instant::now(),
+            metrics,
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    fn record(&self, tr: &crate::membership::Transition) {
+        let silent = tr
+            .silent_for
+            .map(|d| format!("{:.1} s", d.as_secs_f64()))
+            .unwrap_or_else(|| "never heard".into());
+        match tr.to {
+            MemberState::Alive => info!(peer = %tr.id, from = tr.from.as_str(), "peer is alive"),
+            MemberState::Suspect => {
+                warn!(peer = %tr.id, silent_for = %silent, "peer is suspect")
+            }
+            MemberState::Down => warn!(peer = %tr.id, silent_for = %silent, "peer is down"),
+        }
+        self.metrics.transition(tr.to.as_str());
+        let (a, s, d) = self.table.counts();
+        self.metrics.set_peers(a, s, d);
+    }
+}
+
+impl Actor for MembershipActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(TICK, |act, _| {
+            let now = act.now();
+            for tr in act.table.tick(now) {
+                act.record(&tr);
+            }
+        });
+    }
+}
+
+impl Handler<Heard> for MembershipActor {
+    type Result = ();
+    fn handle(&mut self, msg: Heard, _: &mut Self::Context) {
+        let now = self.now();
+        if let Some(tr) = self.table.heard(&msg.id, now, msg.rtt) {
+            self.record(&tr);
+        }
+    }
+}
+
+impl Handler<GetMembers> for MembershipActor {
+    type Result = MessageResult<GetMembers>;
+    fn handle(&mut self, _: GetMembers, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.table.view(self.now()))
+    }
+}
+
+impl Handler<GetCounts> for MembershipActor {
+    type Result = MessageResult<GetCounts>;
+    fn handle(&mut self, _: GetCounts, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.table.counts())
+    }
+}
+
+/// Facts about this node that the admin endpoint reports.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    /// This node's id.
+    pub id: NodeId,
+    /// The bound QUIC address.
+    pub listen: SocketAddr,
+    /// When the process started.
+    pub started: Instant,
+}
+
+/// Everything a connection task needs, shared read-only.
+#[derive(Debug)]
+struct Shared {
+    net: Net,
+    membership: Addr<MembershipActor>,
+    metrics: Metrics,
+    info: NodeInfo,
+    peers: BTreeMap<NodeId, SocketAddr>,
+    heartbeat: Duration,
+    /// A dialed peer that has not answered a ping for this long has its connection replaced.
+    pong_timeout: Duration,
+    origin: Instant,
+}
+
+impl Shared {
+    fn now_us(&self) -> u64 {
+        self.origin.elapsed().as_micros() as u64
+    }
+
+    fn frame_max(&self) -> usize {
+        self.net.config().frame_bytes_max
+    }
+}
+
+/// Owns the QUIC endpoint: accepts peers and admins, dials every configured peer.
+#[derive(Debug)]
+pub struct NetworkActor {
+    shared: Arc<Shared>,
+}
+
+impl NetworkActor {
+    /// A network actor for `net`.
+    pub fn new(
+        net: Net,
+        cfg: &NodeConfig,
+        membership: Addr<MembershipActor>,
+        metrics: Metrics,
+        info: NodeInfo,
+    ) -> Self {
+        let heartbeat = Duration::from_millis(cfg.membership.heartbeat_ms);
+        let shared = Shared {
+            net,
+            membership,
+            metrics,
+            info,
+            peers: cfg.peers.iter().map(|p| (p.id.clone(), p.addr)).collect(),
+            heartbeat,
+            pong_timeout: (heartbeat * 5).max(Duration::from_secs(1)),
+            origin: Instant::now(),
+        };
+        Self {
+            shared: Arc::new(shared),
+        }
+    }
+}
+
+impl Actor for NetworkActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Self::Context) {
+        tokio::spawn(accept_loop(self.shared.clone()));
+        for (id, addr) in &self.shared.peers {
+            tokio::spawn(dial_loop(self.shared.clone(), id.clone(), *addr));
+        }
+    }
+}
+
+async fn accept_loop(s: Arc<Shared>) {
+    while let Some(incoming) = s.net.accept().await {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let timeout = s.net.config().handshake_timeout;
+            match authenticate(incoming, timeout).await {
+                Ok(Accepted::Peer { id, conn }) => {
+                    if !s.peers.contains_key(&id) {
+                        s.metrics.refused("unknown_peer");
+                        warn!(peer = %id, remote = %conn.remote_address(),
+                            "refused a connection from node {id}: not among this node's peers");
+                        let reason = format!("node {id} is not among {}'s peers", s.info.id);
+                        conn.close(CloseCode::UnknownPeer.varint(), reason.as_bytes());
+                        return;
+                    }
+                    s.metrics.handshake("inbound", "ok");
+                    debug!(peer = %id, "peer connected");
+                    serve_peer(s, id, conn).await;
+                }
+                Ok(Accepted::Admin { name, conn }) => {
+                    s.metrics.handshake("inbound", "ok");
+                    debug!(admin = %name, "admin connected");
+                    serve_admin(s, name, conn).await;
+                }
+                Err(e) => {
+                    s.metrics.handshake("inbound", e.kind());
+                    if matches!(e, verge_net::AcceptError::WrongRole { .. }) {
+                        s.metrics.refused("role");
+                    }
+                    warn!("refused a connection: {e}");
+                }
+            }
+        });
+    }
+}
+
+/// Serves the streams a peer opens: answers pings, echoes blobs.
+async fn serve_peer(s: Arc<Shared>, id: NodeId, conn: Connection) {
+    loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(pair) => pair,
+            Err(e) => {
+                debug!(peer = %id, "inbound connection ended: {e}");
+                return;
+            }
+        };
+        let s = s.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            let mut send = FramedSend::new(send, s.frame_max());
+            let mut recv = FramedRecv::new(recv, s.frame_max());
+            loop {
+                let msg = match recv.recv::<PeerMessage>().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return,
+                    Err(e) => {
+                        frame_failure(&s, &id, &e);
+                        recv.stop(CloseCode::BadFrame);
+                        return;
+                    }
+                };
+                s.metrics.frame_in();
+                let reply = match msg {
+                    PeerMessage::Ping { seq, sent_us } => {
+                        s.membership.do_send(Heard {
+                            id: id.clone(),
+                            rtt: None,
+                        });
+                        Some(PeerMessage::Pong {
+                            seq,
+                            echo_us: sent_us,
+                        })
+                    }
+                    blob @ PeerMessage::Blob { .. } => Some(blob),
+                    PeerMessage::Pong { .. } => None,
+                };
+                if let Some(reply) = reply {
+                    if send.send(&reply).await.is_err() {
+                        return;
+                    }
+                    s.metrics.frame_out();
+                }
+            }
+        });
+    }
+}
+
+fn frame_failure(s: &Shared, who: &dyn std::fmt::Display, e: &NetError) {
+    match e {
+        NetError::Frame(c) => s.metrics.frame_error(c.kind()),
+        NetError::Truncated(_) => s.metrics.frame_error("truncated"),
+        // The stream or connection went away: not the peer's bytes' fault.
+        _ => {
+            debug!(%who, "stream ended: {e}");
+            return;
+        }
+    }
+    warn!(%who, "closing a stream after a bad frame: {e}");
+}
+
+/// Serves admin requests, one per stream.
+async fn serve_admin(s: Arc<Shared>, name: String, conn: Connection) {
+    let who = format!("admin {name}");
+    loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(pair) => pair,
+            Err(_) => return,
+        };
+        let mut send = FramedSend::new(send, s.frame_max());
+        let mut recv = FramedRecv::new(recv, s.frame_max());
+        let req = match recv.recv::<AdminRequest>().await {
+            Ok(Some(r)) => r,
+            Ok(None) => continue,
+            Err(e) => {
+                frame_failure(&s, &who, &e);
+                recv.stop(CloseCode::BadFrame);
+                continue;
+            }
+        };
+        s.metrics.frame_in();
+        s.metrics.admin_request();
+        let resp = answer_admin(&s, req).await;
+        if send.send(&resp).await.is_ok() {
+            s.metrics.frame_out();
+        }
+        send.finish();
+    }
+}
+
+async fn answer_admin(s: &Shared, req: AdminRequest) -> AdminResponse {
+    let unavailable = |e: MailboxError| AdminResponse::Error {
+        message: format!("membership is unavailable: {e}"),
+    };
+    match req {
+        AdminRequest::Members => match s.membership.send(GetMembers).await {
+            Ok(view) => AdminResponse::Members(view),
+            Err(e) => unavailable(e),
+        },
+        AdminRequest::Status => match s.membership.send(GetCounts).await {
+            Ok((alive, suspect, down)) => AdminResponse::Status(NodeStatus {
+                id: s.info.id.clone(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                uptime_ms: s.info.started.elapsed().as_millis() as u64,
+                listen: s.info.listen.to_string(),
+                peers_alive: alive,
+                peers_suspect: suspect,
+                peers_down: down,
+            }),
+            Err(e) => unavailable(e),
+        },
+    }
+}
+
+/// Keeps one connection to `id` open and heartbeats over it, redialing with capped, jittered
+/// backoff whenever it fails or goes quiet.
+async fn dial_loop(s: Arc<Shared>, id: NodeId, addr: SocketAddr) {
+    let mut backoff = DIAL_BACKOFF_MIN;
+    let mut last_error: Option<String> = None;
+    loop {
+        match s.net.connect_peer(&id, addr).await {
+            Ok(conn) => {
+                s.metrics.handshake("outbound", "ok");
+                if last_error.take().is_some() {
+                    info!(peer = %id, %addr, "connected to peer");
+                }
+                backoff = DIAL_BACKOFF_MIN;
+                let why = heartbeat(&s, &id, &conn).await;
+                debug!(peer = %id, "connection to peer ended: {why}");
+            }
+            Err(e) => {
+                s.metrics.handshake("outbound", "failed");
+                let text = e.to_string();
+                // Say it once per distinct failure, not every retry.
+                if last_error.as_deref() != Some(text.as_str()) {
+                    warn!(peer = %id, %addr, "cannot connect to peer: {text}");
+                    last_error = Some(text);
+                }
+            }
+        }
+        if s.net.local_addr().is_err() {
+            return;
+        }
+        let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
+        tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+        backoff = (backoff * 2).min(DIAL_BACKOFF_MAX);
+    }
+}
+
+/// Sends a ping every heartbeat and records each pong; returns why it stopped.
+async fn heartbeat(s: &Arc<Shared>, id: &NodeId, conn: &Connection) -> String {
+    let (send, recv) = match conn.open_bi().await {
+        Ok(pair) => pair,
+        Err(e) => return e.to_string(),
+    };
+    let mut send = FramedSend::new(send, s.frame_max());
+    let last_pong = Arc::new(AtomicU64::new(s.now_us()));
+    let reader = {
+        let s = s.clone();
+        let id = id.clone();
+        let last_pong = last_pong.clone();
+        tokio::spawn(async move {
+            let mut recv = FramedRecv::new(recv, s.frame_max());
+            loop {
+                match recv.recv::<PeerMessage>().await {
+                    Ok(Some(PeerMessage::Pong { echo_us, .. })) => {
+                        s.metrics.frame_in();
+                        let now = s.now_us();
+                        last_pong.store(now, Ordering::Relaxed);
+                        let rtt = Duration::from_micros(now.saturating_sub(echo_us));
+                        s.membership.do_send(Heard {
+                            id: id.clone(),
+                            rtt: Some(rtt),
+                        });
+                    }
+                    Ok(Some(_)) => s.metrics.frame_in(),
+                    Ok(None) => return,
+                    Err(e) => {
+                        frame_failure(&s, &id, &e);
+                        return;
+                    }
+                }
+            }
+        })
+    };
+    let mut tick = tokio::time::interval(s.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    let why = loop {
+        tick.tick().await;
+        let silent = Duration::from_micros(s.now_us().saturating_sub(last_pong.load(Ordering::Relaxed)));
+        if silent > s.pong_timeout {
+            conn.close(CloseCode::Replaced.varint(), b"no answer to heartbeats");
+            break format!("no pong for {} ms", silent.as_millis());
+        }
+        if reader.is_finished() {
+            break "heartbeat stream closed".to_owned();
+        }
+        seq += 1;
+        let ping = PeerMessage::Ping {
+            seq,
+            sent_us: s.now_us(),
+        };
+        if let Err(e) = send.send(&ping).await {
+            break e.to_string();
+        }
+        s.metrics.frame_out();
+    };
+    reader.abort();
+    why
+}

@@ -1,0 +1,360 @@
+//! A node's TOML configuration.
+//!
+//! Every field is documented here and in `configs/`. Unknown keys are refused, and every error
+//! names the file and the key that was wrong. Defaults live in the `Default` impls below and
+//! nowhere else.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use verge_net::NetConfig;
+use verge_proto::codec::FRAME_BYTES_CEILING;
+use verge_proto::{FRAME_BYTES_MAX_DEFAULT, NodeId};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key, a missing key or a value of the wrong type.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said, with line, column and key.
+        message: String,
+    },
+    /// A value parsed but makes no sense.
+    #[error("config file {path}: key `{key}`: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The dotted key, e.g. `tls.cert` or `peers[1].addr`.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// The whole node configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id. Must match the node id in `tls.cert`.
+    pub id: NodeId,
+    /// UDP address for QUIC (peers and admin CLI).
+    pub listen: SocketAddr,
+    /// Directory for this node's data; created if missing.
+    pub data_dir: PathBuf,
+    /// TCP address for Prometheus `/metrics`; no metrics server when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Certificate files.
+    pub tls: TlsPaths,
+    /// Every other node this node talks to.
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    /// Which peers are this node's road neighbours, and how.
+    #[serde(default)]
+    pub neighbours: Vec<Neighbour>,
+    /// Transport limits.
+    #[serde(default)]
+    pub net: NetSection,
+    /// Failure detector tuning.
+    #[serde(default)]
+    pub membership: MembershipSection,
+}
+
+/// Paths of the node's TLS material.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsPaths {
+    /// The cluster CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This node's certificate (PEM), issued by `verge cert issue --node`.
+    pub cert: PathBuf,
+    /// This node's private key (PEM).
+    pub key: PathBuf,
+}
+
+/// One peer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The peer's node id (as in its certificate).
+    pub id: NodeId,
+    /// Its QUIC address.
+    pub addr: SocketAddr,
+}
+
+/// How a neighbour relates to this node along the road.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Relation {
+    /// Traffic flows from the neighbour to this node.
+    Upstream,
+    /// Traffic flows from this node to the neighbour.
+    Downstream,
+    /// Adjacent, with no dominant direction (a cross street).
+    Lateral,
+}
+
+/// One road neighbour; must also be a peer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Neighbour {
+    /// The neighbour's node id.
+    pub id: NodeId,
+    /// The relation.
+    pub relation: Relation,
+}
+
+/// Transport limits (see `verge_net::NetConfig`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetSection {
+    /// Largest frame, in bytes.
+    pub frame_bytes_max: usize,
+    /// Concurrent bidirectional streams per connection.
+    pub streams_bidi_max: u32,
+    /// Concurrent unidirectional streams per connection.
+    pub streams_uni_max: u32,
+    /// QUIC keep-alive interval, in milliseconds.
+    pub keep_alive_ms: u64,
+    /// QUIC idle timeout, in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// Handshake timeout, in milliseconds.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for NetSection {
+    fn default() -> Self {
+        let d = NetConfig::default();
+        Self {
+            frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
+            streams_bidi_max: d.streams_bidi_max,
+            streams_uni_max: d.streams_uni_max,
+            keep_alive_ms: d.keep_alive.as_millis() as u64,
+            idle_timeout_ms: d.idle_timeout.as_millis() as u64,
+            handshake_timeout_ms: d.handshake_timeout.as_millis() as u64,
+        }
+    }
+}
+
+impl NetSection {
+    /// As the transport's configuration.
+    pub fn to_net_config(&self) -> NetConfig {
+        NetConfig {
+            frame_bytes_max: self.frame_bytes_max,
+            streams_bidi_max: self.streams_bidi_max,
+            streams_uni_max: self.streams_uni_max,
+            keep_alive: Duration::from_millis(self.keep_alive_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+            ..NetConfig::default()
+        }
+    }
+}
+
+/// Failure detector tuning. The defaults mark a SIGKILLed peer down in about 1.5 s.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MembershipSection {
+    /// Interval between heartbeats to each peer, in milliseconds.
+    pub heartbeat_ms: u64,
+    /// Extra silence tolerated before suspicion grows, in milliseconds.
+    pub acceptable_pause_ms: u64,
+    /// Lower bound of the heartbeat interval's standard deviation, in milliseconds.
+    pub min_std_dev_ms: u64,
+    /// Phi at or above which a peer is suspect.
+    pub phi_suspect: f64,
+    /// Phi at or above which a peer is down.
+    pub phi_down: f64,
+}
+
+impl Default for MembershipSection {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 200,
+            acceptable_pause_ms: 600,
+            min_std_dev_ms: 100,
+            phi_suspect: 3.0,
+            phi_down: 8.0,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates config text; `path` names it in errors and anchors relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let mut cfg: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        // Relative paths are relative to the config file, so a config directory can be moved.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut cfg.data_dir,
+            &mut cfg.tls.ca,
+            &mut cfg.tls.cert,
+            &mut cfg.tls.key,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        for (key, file) in [
+            ("tls.ca", &self.tls.ca),
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+        ] {
+            if !file.is_file() {
+                return Err(invalid(
+                    key.into(),
+                    format!("{} does not exist or is not a file", file.display()),
+                ));
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            if p.id == self.id {
+                return Err(invalid(
+                    format!("peers[{i}].id"),
+                    format!("`{}` is this node itself", p.id),
+                ));
+            }
+            if !seen.insert(&p.id) {
+                return Err(invalid(
+                    format!("peers[{i}].id"),
+                    format!("`{}` is listed twice", p.id),
+                ));
+            }
+            if p.addr.port() == 0 || p.addr.ip().is_unspecified() {
+                return Err(invalid(
+                    format!("peers[{i}].addr"),
+                    format!("{} is not an address a peer can be reached at", p.addr),
+                ));
+            }
+        }
+        for (i, n) in self.neighbours.iter().enumerate() {
+            if !seen.contains(&n.id) {
+                return Err(invalid(
+                    format!("neighbours[{i}].id"),
+                    format!("`{}` is not among the peers", n.id),
+                ));
+            }
+        }
+        let net = &self.net;
+        if net.frame_bytes_max < 1024 || net.frame_bytes_max > FRAME_BYTES_CEILING {
+            return Err(invalid(
+                "net.frame_bytes_max".into(),
+                format!("must be between 1024 and {FRAME_BYTES_CEILING}"),
+            ));
+        }
+        if net.keep_alive_ms == 0 || net.keep_alive_ms >= net.idle_timeout_ms {
+            return Err(invalid(
+                "net.keep_alive_ms".into(),
+                "must be above 0 and below net.idle_timeout_ms".into(),
+            ));
+        }
+        let m = &self.membership;
+        if m.heartbeat_ms == 0 {
+            return Err(invalid("membership.heartbeat_ms".into(), "must be above 0".into()));
+        }
+        if !(m.phi_suspect > 0.0 && m.phi_suspect < m.phi_down && m.phi_down.is_finite()) {
+            return Err(invalid(
+                "membership.phi_down".into(),
+                "needs 0 < phi_suspect < phi_down".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_certs() -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for f in ["ca.pem", "n.pem", "n.key"] {
+            std::fs::write(dir.path().join(f), "x").expect("write");
+        }
+        let base = r#"
+id = "b1"
+listen = "127.0.0.1:7000"
+data_dir = "data"
+[tls]
+ca = "ca.pem"
+cert = "n.pem"
+key = "n.key"
+[[peers]]
+id = "b2"
+addr = "127.0.0.1:7001"
+[[neighbours]]
+id = "b2"
+relation = "downstream"
+"#;
+        (dir, base.to_owned())
+    }
+
+    fn parse(dir: &tempfile::TempDir, text: &str) -> Result<NodeConfig, ConfigError> {
+        NodeConfig::parse(&dir.path().join("node.toml"), text)
+    }
+
+    #[test]
+    fn a_good_config_parses_with_paths_anchored_at_the_file() {
+        let (dir, text) = with_certs();
+        let cfg = parse(&dir, &text).expect("parses");
+        assert_eq!(cfg.tls.ca, dir.path().join("ca.pem"));
+        assert_eq!(cfg.neighbours[0].relation, Relation::Downstream);
+        assert_eq!(cfg.membership.heartbeat_ms, 200);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let (dir, text) = with_certs();
+        let cases = [
+            (text.replace("data_dir", "colour = 1\ndata_dir"), "colour"),
+            (text.replace("127.0.0.1:7000", "nowhere"), "listen"),
+            (text.replace("\"n.pem\"", "\"missing.pem\""), "tls.cert"),
+            (text.replace("relation = \"downstream\"", "relation = \"sideways\""), "sideways"),
+            (text.replace("[[neighbours]]\nid = \"b2\"", "[[neighbours]]\nid = \"b9\""), "neighbours[0].id"),
+            (text.replace("127.0.0.1:7001", "0.0.0.0:7001"), "peers[0].addr"),
+            (text.replace("id = \"b2\"\naddr", "id = \"b1\"\naddr"), "peers[0].id"),
+        ];
+        for (bad, culprit) in cases {
+            let err = parse(&dir, &bad).expect_err(culprit).to_string();
+            assert!(err.contains(culprit), "{culprit}: {err}");
+            assert!(err.contains("node.toml"), "{err}");
+        }
+    }
+}

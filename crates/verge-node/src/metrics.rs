@@ -1,0 +1,202 @@
+//! Every metric a node exports, in one place, and their Prometheus text encoding.
+//!
+//! Handlers never name a metric by string: they call a method here.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabel {
+    direction: String,
+    result: String,
+}
+
+/// The node's metrics. Cheap to clone; clones share the same values.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    frames_in: Counter,
+    frames_out: Counter,
+    frame_errors: Family<KindLabel, Counter>,
+    handshakes: Family<HandshakeLabel, Counter>,
+    refused: Family<KindLabel, Counter>,
+    peers: Family<StateLabel, Gauge>,
+    transitions: Family<StateLabel, Counter>,
+    admin_requests: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh set of metrics, all zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("verge");
+        let frames_in = Counter::default();
+        let frames_out = Counter::default();
+        let frame_errors = Family::<KindLabel, Counter>::default();
+        let handshakes = Family::<HandshakeLabel, Counter>::default();
+        let refused = Family::<KindLabel, Counter>::default();
+        let peers = Family::<StateLabel, Gauge>::default();
+        let transitions = Family::<StateLabel, Counter>::default();
+        let admin_requests = Counter::default();
+        registry.register("frames_in", "Frames decoded from peers and admins", frames_in.clone());
+        registry.register("frames_out", "Frames sent to peers and admins", frames_out.clone());
+        registry.register(
+            "frame_errors",
+            "Frames refused: oversize, unknown version, undecodable, truncated",
+            frame_errors.clone(),
+        );
+        registry.register(
+            "handshakes",
+            "QUIC/TLS handshakes by direction and result",
+            handshakes.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections refused after the handshake, by reason",
+            refused.clone(),
+        );
+        registry.register("peers", "Configured peers by state", peers.clone());
+        registry.register(
+            "member_transitions",
+            "Peer state changes, by the state entered",
+            transitions.clone(),
+        );
+        registry.register(
+            "admin_requests",
+            "Requests served on the admin endpoint",
+            admin_requests.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            frames_in,
+            frames_out,
+            frame_errors,
+            handshakes,
+            refused,
+            peers,
+            transitions,
+            admin_requests,
+        }
+    }
+
+    /// A frame arrived and decoded.
+    pub fn frame_in(&self) {
+        self.frames_in.inc();
+    }
+
+    /// A frame was sent.
+    pub fn frame_out(&self) {
+        self.frames_out.inc();
+    }
+
+    /// A frame was refused; `kind` is `oversize`, `version`, `decode`, `truncated` or `short`.
+    pub fn frame_error(&self, kind: &str) {
+        self.frame_errors
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+
+    /// A handshake finished; `inbound` or `outbound`, `ok` or a failure label.
+    pub fn handshake(&self, direction: &str, result: &str) {
+        self.handshakes
+            .get_or_create(&HandshakeLabel {
+                direction: direction.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// An authenticated connection was refused (`role`, `unknown_peer`).
+    pub fn refused(&self, kind: &str) {
+        self.refused
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+
+    /// Sets the per-state peer counts.
+    pub fn set_peers(&self, alive: u32, suspect: u32, down: u32) {
+        for (state, n) in [("alive", alive), ("suspect", suspect), ("down", down)] {
+            self.peers
+                .get_or_create(&StateLabel {
+                    state: state.into(),
+                })
+                .set(i64::from(n));
+        }
+    }
+
+    /// A peer entered `state`.
+    pub fn transition(&self, state: &str) {
+        self.transitions
+            .get_or_create(&StateLabel {
+                state: state.into(),
+            })
+            .inc();
+    }
+
+    /// An admin request was served.
+    pub fn admin_request(&self) {
+        self.admin_requests.inc();
+    }
+
+    /// The Prometheus text exposition, with the process's resident memory appended.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode_registry(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        if let Some(rss) = resident_bytes() {
+            out.push_str("# HELP verge_process_resident_memory_bytes Resident set size of the node process.\n");
+            out.push_str("# TYPE verge_process_resident_memory_bytes gauge\n");
+            out.push_str(&format!("verge_process_resident_memory_bytes {rss}\n"));
+        }
+        out.push_str("# EOF\n");
+        out
+    }
+}
+
+/// The process's resident set size in bytes, from the `VmRSS` line of `/proc/self/status`.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_prometheus_text_with_the_counters_that_moved() {
+        let m = Metrics::new();
+        m.frame_in();
+        m.frame_error("oversize");
+        m.set_peers(2, 0, 1);
+        let text = m.encode();
+        assert!(text.contains("verge_frames_in_total 1"), "{text}");
+        assert!(text.contains("verge_frame_errors_total{kind=\"oversize\"} 1"), "{text}");
+        assert!(text.contains("verge_peers{state=\"alive\"} 2"), "{text}");
+        assert!(text.contains("verge_process_resident_memory_bytes"), "{text}");
+        assert!(text.trim_end().ends_with("# EOF"));
+    }
+}

@@ -1,0 +1,125 @@
+//! A client for a node's admin endpoint (`verge-admin/1`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use verge_net::{NetConfig, NetError, admin_connect, connection_refusal, request};
+use verge_pki::{ClientAuth, PkiError, load_roots};
+use verge_proto::admin::{AdminRequest, AdminResponse, MemberView, NodeStatus};
+
+/// Why an admin request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The certificate files could not be used.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// The node could not be reached (nothing listening, timeout).
+    #[error("cannot reach the node at {addr}: {source}")]
+    Unreachable {
+        /// The node's address.
+        addr: SocketAddr,
+        /// Why.
+        source: NetError,
+    },
+    /// The node refused this client; the reason says why (no certificate, wrong kind).
+    #[error("the node at {addr} refused this client: {reason}")]
+    Refused {
+        /// The node's address.
+        addr: SocketAddr,
+        /// What the node said, or what the TLS layer reported.
+        reason: String,
+    },
+    /// The node answered with an error.
+    #[error("the node at {addr} answered: {message}")]
+    Node {
+        /// The node's address.
+        addr: SocketAddr,
+        /// Its message.
+        message: String,
+    },
+    /// The node answered something else than what was asked.
+    #[error("the node at {addr} gave an unexpected answer")]
+    Unexpected {
+        /// The node's address.
+        addr: SocketAddr,
+    },
+}
+
+impl AdminError {
+    /// True for a refusal by the node (as opposed to not reaching it).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, AdminError::Refused { .. })
+    }
+}
+
+/// The admin CLI's credentials.
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    ca: PathBuf,
+    auth: Option<(PathBuf, PathBuf)>,
+    cfg: NetConfig,
+}
+
+impl AdminClient {
+    /// A client trusting the cluster CA at `ca`, presenting `auth` (certificate, key) if given.
+    pub fn new(ca: &Path, auth: Option<(&Path, &Path)>) -> Self {
+        Self {
+            ca: ca.to_owned(),
+            auth: auth.map(|(c, k)| (c.to_owned(), k.to_owned())),
+            cfg: NetConfig::default(),
+        }
+    }
+
+    /// Sends one request to the node at `addr`.
+    pub async fn request(
+        &self,
+        addr: SocketAddr,
+        req: &AdminRequest,
+    ) -> Result<AdminResponse, AdminError> {
+        let roots = load_roots(&self.ca)?;
+        let auth = match &self.auth {
+            Some((c, k)) => Some(ClientAuth::load(c, k)?),
+            None => None,
+        };
+        let conn = admin_connect(addr, Arc::clone(&roots), auth, &self.cfg)
+            .await
+            .map_err(|e| classify(addr, e))?;
+        let resp = request::<_, AdminResponse>(&conn, req, self.cfg.frame_bytes_max).await;
+        conn.close(0u32.into(), b"done");
+        let resp = resp.map_err(|e| classify(addr, e))?;
+        if let AdminResponse::Error { message } = resp {
+            return Err(AdminError::Node { addr, message });
+        }
+        Ok(resp)
+    }
+
+    /// The node's membership table.
+    pub async fn members(&self, addr: SocketAddr) -> Result<Vec<MemberView>, AdminError> {
+        match self.request(addr, &AdminRequest::Members).await? {
+            AdminResponse::Members(m) => Ok(m),
+            _ => Err(AdminError::Unexpected { addr }),
+        }
+    }
+
+    /// The node's status.
+    pub async fn status(&self, addr: SocketAddr) -> Result<NodeStatus, AdminError> {
+        match self.request(addr, &AdminRequest::Status).await? {
+            AdminResponse::Status(s) => Ok(s),
+            _ => Err(AdminError::Unexpected { addr }),
+        }
+    }
+}
+
+fn classify(addr: SocketAddr, e: NetError) -> AdminError {
+    let refusal = match &e {
+        NetError::Connection(c) => connection_refusal(c),
+        NetError::Read(quinn::ReadError::ConnectionLost(c))
+        | NetError::Write(quinn::WriteError::ConnectionLost(c)) => connection_refusal(c),
+        _ => None,
+    };
+    match refusal {
+        Some(reason) => AdminError::Refused { addr, reason },
+        None => AdminError::Unreachable { addr, source: e },
+    }
+}
