@@ -283,11 +283,12 @@ pub fn connection_refusal(err: &quinn::ConnectionError) -> Option<String> {
             })
         }
         E::ConnectionClosed(close) => {
-            let reason = String::from_utf8_lossy(&close.reason).to_lowercase();
             let text = close.to_string();
-            if reason.contains("certificaterequired") || text.to_lowercase().contains("certificate required") {
+            let lower = text.to_lowercase();
+            // TLS alert 116 is certificate_required; 48 is unknown_ca.
+            if lower.contains("no certificates") || lower.contains("error 116") {
                 Some("the node requires a client certificate; pass --cert and --key of an admin certificate issued by the cluster CA".into())
-            } else if reason.contains("unknownissuer") || reason.contains("unknown ca") || text.contains("UnknownCA") {
+            } else if lower.contains("unknownissuer") || lower.contains("error 48") {
                 Some(format!("the node does not trust this certificate (not issued by its cluster CA): {text}"))
             } else {
                 Some(format!("the node closed the connection: {text}"))
