@@ -96,7 +96,9 @@ pub fn metric_sum(text: &str, family: &str) -> f64 {
         .filter_map(|l| {
             let (name, value) = l.rsplit_once(' ')?;
             let base = name.split('{').next()?;
-            (base == family).then(|| value.parse::<f64>().ok()).flatten()
+            (base == family)
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
         })
         .sum()
 }

@@ -24,9 +24,15 @@ async fn admin_endpoint_refuses_node_certificates_and_anonymous_clients() {
 
         let out = run_verge(
             &[
-                "ctl", "--endpoint", &endpoint, "--ca", ca,
-                "--cert", node_cert.to_str().expect("utf-8"),
-                "--key", node_key.to_str().expect("utf-8"),
+                "ctl",
+                "--endpoint",
+                &endpoint,
+                "--ca",
+                ca,
+                "--cert",
+                node_cert.to_str().expect("utf-8"),
+                "--key",
+                node_key.to_str().expect("utf-8"),
                 "status",
             ],
             t,
@@ -42,14 +48,25 @@ async fn admin_endpoint_refuses_node_certificates_and_anonymous_clients() {
 
         let out = run_verge(
             &[
-                "ctl", "--endpoint", &endpoint, "--ca", ca,
-                "--cert", c.admin_cert.0.to_str().expect("utf-8"),
-                "--key", c.admin_cert.1.to_str().expect("utf-8"),
-                "status", "--json",
+                "ctl",
+                "--endpoint",
+                &endpoint,
+                "--ca",
+                ca,
+                "--cert",
+                c.admin_cert.0.to_str().expect("utf-8"),
+                "--key",
+                c.admin_cert.1.to_str().expect("utf-8"),
+                "status",
+                "--json",
             ],
             t,
         );
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
         assert_eq!(status["id"], "b1");
         assert_eq!(status["peers_alive"], 1);
@@ -58,8 +75,14 @@ async fn admin_endpoint_refuses_node_certificates_and_anonymous_clients() {
         let log = c.log(0);
         assert!(log.contains("admin certificate"), "{log}");
         let text = verge_tests::http_get(c.nodes[0].metrics, "/metrics").expect("metrics");
-        assert!(verge_tests::metric(&text, "verge_connections_refused_total{kind=\"role\"}") >= 1.0, "{text}");
-        assert!(verge_tests::metric_sum(&text, "verge_admin_requests_total") >= 1.0, "{text}");
+        assert!(
+            verge_tests::metric(&text, "verge_connections_refused_total{kind=\"role\"}") >= 1.0,
+            "{text}"
+        );
+        assert!(
+            verge_tests::metric_sum(&text, "verge_admin_requests_total") >= 1.0,
+            "{text}"
+        );
     })
     .await
     .expect("bounded");

@@ -6,11 +6,26 @@ use std::process::Command;
 fn deps_of(krate: &str) -> Vec<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args(["tree", "--offline", "-p", krate, "-e", "normal", "--prefix", "none", "--format", "{p}"])
+        .args([
+            "tree",
+            "--offline",
+            "-p",
+            krate,
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo tree runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
@@ -20,7 +35,10 @@ fn deps_of(krate: &str) -> Vec<String> {
 fn assert_not_in(krate: &str, forbidden: &[&str]) {
     let deps = deps_of(krate);
     for f in forbidden {
-        assert!(!deps.iter().any(|d| d == f), "{krate} must not depend on {f}");
+        assert!(
+            !deps.iter().any(|d| d == f),
+            "{krate} must not depend on {f}"
+        );
     }
 }
 
@@ -29,7 +47,10 @@ fn crate_boundaries_hold() {
     // A positive control, so an empty or broken `cargo tree` cannot pass the checks below.
     assert!(deps_of("verge-net").iter().any(|d| d == "quinn"));
     // The wire vocabulary does no IO.
-    assert_not_in("verge-proto", &["tokio", "quinn", "rustls", "sled", "actix"]);
+    assert_not_in(
+        "verge-proto",
+        &["tokio", "quinn", "rustls", "sled", "actix"],
+    );
     // Certificates know nothing of actors, storage or sockets.
     assert_not_in("verge-pki", &["actix", "sled", "quinn", "tokio"]);
     // The transport knows nothing of actors or storage.

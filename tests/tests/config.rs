@@ -28,7 +28,11 @@ fn config_errors_exit_non_zero_and_name_the_culprit() {
     assert!(err.contains("nope.toml"), "{err}");
 
     let cases = [
-        ("unknown-key", good.replace("data_dir", "turbo = true\ndata_dir"), "turbo"),
+        (
+            "unknown-key",
+            good.replace("data_dir", "turbo = true\ndata_dir"),
+            "turbo",
+        ),
         (
             "bad-address",
             good.replace(&format!("127.0.0.1:{port}\""), "127.0.0.1:99999\""),
@@ -53,7 +57,14 @@ fn config_errors_exit_non_zero_and_name_the_culprit() {
         let (code, err) = node_with(&path);
         assert_ne!(code, 0, "{name} started");
         assert!(err.contains(culprit), "{name}: {err}");
-        assert!(err.contains(&format!("{name}.toml")) || name == "someone-elses-cert", "{name}: {err}");
-        assert_eq!(err.lines().filter(|l| l.starts_with("error")).count(), 1, "{name}: {err}");
+        assert!(
+            err.contains(&format!("{name}.toml")) || name == "someone-elses-cert",
+            "{name}: {err}"
+        );
+        assert_eq!(
+            err.lines().filter(|l| l.starts_with("error")).count(),
+            1,
+            "{name}: {err}"
+        );
     }
 }

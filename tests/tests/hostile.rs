@@ -26,7 +26,9 @@ fn bad_frame(rng: &mut impl Rng, i: usize) -> Vec<u8> {
             f
         }
         1 => {
-            let body: Vec<u8> = (0..rng.random_range(2..512)).map(|_| rng.random()).collect();
+            let body: Vec<u8> = (0..rng.random_range(2..512))
+                .map(|_| rng.random())
+                .collect();
             let mut f = (body.len() as u32 + 2).to_be_bytes().to_vec();
             f.extend_from_slice(&1u16.to_be_bytes());
             f.extend(body);
@@ -76,9 +78,16 @@ async fn random_datagrams_and_bad_frames_crash_nothing_and_are_counted() {
             &certs.join("node-b3.key"),
         )
         .expect("tls");
-        let net = Net::bind("127.0.0.1:0".parse().expect("addr"), &tls, NetConfig::default())
-            .expect("bind");
-        let conn = net.connect_peer(&c.nodes[0].id, target).await.expect("connect");
+        let net = Net::bind(
+            "127.0.0.1:0".parse().expect("addr"),
+            &tls,
+            NetConfig::default(),
+        )
+        .expect("bind");
+        let conn = net
+            .connect_peer(&c.nodes[0].id, target)
+            .await
+            .expect("connect");
         let conn = Arc::new(conn);
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..BAD_FRAMES {
@@ -89,7 +98,8 @@ async fn random_datagrams_and_bad_frames_crash_nothing_and_are_counted() {
                 let mut send = FramedSend::new(send, FRAME_BYTES_MAX_DEFAULT);
                 let _ = send.send_raw(&frame).await;
                 send.finish();
-                let _ = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 20)).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 20)).await;
             });
             if tasks.len() >= 64 {
                 tasks.join_next().await;
@@ -100,7 +110,10 @@ async fn random_datagrams_and_bad_frames_crash_nothing_and_are_counted() {
         // A well-formed blob on the same connection is still echoed.
         let (send, recv) = conn.open_bi().await.expect("open");
         let mut send = FramedSend::new(send, FRAME_BYTES_MAX_DEFAULT);
-        let blob = PeerMessage::Blob { seq: 1, payload: vec![7u8; 100].into() };
+        let blob = PeerMessage::Blob {
+            seq: 1,
+            payload: vec![7u8; 100].into(),
+        };
         send.send(&blob).await.expect("send");
         let mut recv = verge_net::FramedRecv::new(recv, FRAME_BYTES_MAX_DEFAULT);
         let echo: Option<PeerMessage> = recv.recv().await.expect("echo");
@@ -117,10 +130,22 @@ async fn random_datagrams_and_bad_frames_crash_nothing_and_are_counted() {
 
         let text = http_get(c.nodes[0].metrics, "/metrics").expect("metrics");
         let errors = metric_sum(&text, "verge_frame_errors_total");
-        assert!(errors >= BAD_FRAMES as f64 * 0.9, "only {errors} frame errors counted:\n{text}");
-        assert!(metric(&text, "verge_frame_errors_total{kind=\"oversize\"}") >= 1.0, "{text}");
-        assert!(metric(&text, "verge_frame_errors_total{kind=\"version\"}") >= 1.0, "{text}");
-        assert!(metric(&text, "verge_peers{state=\"alive\"}") >= 2.0, "{text}");
+        assert!(
+            errors >= BAD_FRAMES as f64 * 0.9,
+            "only {errors} frame errors counted:\n{text}"
+        );
+        assert!(
+            metric(&text, "verge_frame_errors_total{kind=\"oversize\"}") >= 1.0,
+            "{text}"
+        );
+        assert!(
+            metric(&text, "verge_frame_errors_total{kind=\"version\"}") >= 1.0,
+            "{text}"
+        );
+        assert!(
+            metric(&text, "verge_peers{state=\"alive\"}") >= 2.0,
+            "{text}"
+        );
         assert!(c.log(0).contains("bad frame"), "{}", c.log(0));
     })
     .await

@@ -38,7 +38,11 @@ async fn three_nodes_form_a_mesh_and_ctl_shows_three_alive() {
                 ],
                 Duration::from_secs(20),
             );
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
             let rows = rows.as_array().expect("an array");
             assert_eq!(rows.len(), 3, "{rows:?}");
@@ -125,7 +129,12 @@ async fn a_node_with_a_certificate_from_another_ca_never_joins() {
             .expect("config");
         for n in &c.nodes {
             if n.id.as_str() != "b3" {
-                writeln!(cfg, "\n[[peers]]\nid = \"{}\"\naddr = \"{}\"", n.id, n.listen).expect("write");
+                writeln!(
+                    cfg,
+                    "\n[[peers]]\nid = \"{}\"\naddr = \"{}\"",
+                    n.id, n.listen
+                )
+                .expect("write");
             }
         }
         drop(cfg);

@@ -107,7 +107,8 @@ impl Net {
     /// Binds `listen` with the node's TLS material. Must be called inside a tokio runtime.
     pub fn bind(listen: SocketAddr, tls: &NodeTls, cfg: NetConfig) -> Result<Self, NetError> {
         let transport = Arc::new(transport_config(&cfg));
-        let server_tls = QuicServerConfig::try_from(verge_pki::server_config(tls)?).map_err(quic_err)?;
+        let server_tls =
+            QuicServerConfig::try_from(verge_pki::server_config(tls)?).map_err(quic_err)?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_tls));
         server.transport_config(transport.clone());
         let client_tls =
@@ -148,7 +149,11 @@ impl Net {
 
     /// Connects to peer `id` at `addr`. The handshake fails unless the server's certificate is
     /// `id`'s, issued by the cluster CA.
-    pub async fn connect_peer(&self, id: &NodeId, addr: SocketAddr) -> Result<Connection, NetError> {
+    pub async fn connect_peer(
+        &self,
+        id: &NodeId,
+        addr: SocketAddr,
+    ) -> Result<Connection, NetError> {
         let connecting = self
             .endpoint
             .connect_with(self.peer_client.clone(), addr, &node_dns_name(id))
@@ -245,16 +250,16 @@ pub async fn admin_connect(
     cfg: &NetConfig,
 ) -> Result<Connection, NetError> {
     let tls = verge_pki::admin_client_config(roots, auth)?;
-    let mut client = quinn::ClientConfig::new(Arc::new(
-        QuicClientConfig::try_from(tls).map_err(quic_err)?,
-    ));
+    let mut client =
+        quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).map_err(quic_err)?));
     client.transport_config(Arc::new(transport_config(cfg)));
     let bind: SocketAddr = if node.is_ipv6() {
         "[::]:0".parse().map_err(quic_err)?
     } else {
         "0.0.0.0:0".parse().map_err(quic_err)?
     };
-    let endpoint = Endpoint::client(bind).map_err(|source| NetError::Bind { addr: bind, source })?;
+    let endpoint =
+        Endpoint::client(bind).map_err(|source| NetError::Bind { addr: bind, source })?;
     // The server name is not checked (the verifier accepts any node of the cluster), but rustls
     // needs a syntactically valid one.
     let connecting = endpoint
@@ -289,7 +294,9 @@ pub fn connection_refusal(err: &quinn::ConnectionError) -> Option<String> {
             if lower.contains("no certificates") || lower.contains("error 116") {
                 Some("the node requires a client certificate; pass --cert and --key of an admin certificate issued by the cluster CA".into())
             } else if lower.contains("unknownissuer") || lower.contains("error 48") {
-                Some(format!("the node does not trust this certificate (not issued by its cluster CA): {text}"))
+                Some(format!(
+                    "the node does not trust this certificate (not issued by its cluster CA): {text}"
+                ))
             } else {
                 Some(format!("the node closed the connection: {text}"))
             }

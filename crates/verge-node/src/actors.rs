@@ -68,10 +68,7 @@ impl MembershipActor {
             phi_suspect: m.phi_suspect,
             phi_down: m.phi_down,
         };
-        let peers = cfg
-            .peers
-            .iter()
-            .map(|p| (p.id.clone(), p.addr.to_string()));
+        let peers = cfg.peers.iter().map(|p| (p.id.clone(), p.addr.to_string()));
         let table = Membership::new(cfg.id.clone(), listen.to_string(), peers, detector);
         let (a, s, d) = table.counts();
         metrics.set_peers(a, s, d);
@@ -448,7 +445,8 @@ async fn heartbeat(s: &Arc<Shared>, id: &NodeId, conn: &Connection) -> String {
     let mut seq = 0u64;
     let why = loop {
         tick.tick().await;
-        let silent = Duration::from_micros(s.now_us().saturating_sub(last_pong.load(Ordering::Relaxed)));
+        let silent =
+            Duration::from_micros(s.now_us().saturating_sub(last_pong.load(Ordering::Relaxed)));
         if silent > s.pong_timeout {
             conn.close(CloseCode::Replaced.varint(), b"no answer to heartbeats");
             break format!("no pong for {} ms", silent.as_millis());

@@ -300,7 +300,10 @@ impl NodeConfig {
         }
         let m = &self.membership;
         if m.heartbeat_ms == 0 {
-            return Err(invalid("membership.heartbeat_ms".into(), "must be above 0".into()));
+            return Err(invalid(
+                "membership.heartbeat_ms".into(),
+                "must be above 0".into(),
+            ));
         }
         if !(m.phi_suspect > 0.0 && m.phi_suspect < m.phi_down && m.phi_down.is_finite()) {
             return Err(invalid(
@@ -359,10 +362,22 @@ relation = "downstream"
             (text.replace("data_dir", "colour = 1\ndata_dir"), "colour"),
             (text.replace("127.0.0.1:7000", "nowhere"), "listen"),
             (text.replace("\"n.pem\"", "\"missing.pem\""), "tls.cert"),
-            (text.replace("relation = \"downstream\"", "relation = \"sideways\""), "sideways"),
-            (text.replace("[[neighbours]]\nid = \"b2\"", "[[neighbours]]\nid = \"b9\""), "neighbours[0].id"),
-            (text.replace("127.0.0.1:7001", "0.0.0.0:7001"), "peers[0].addr"),
-            (text.replace("id = \"b2\"\naddr", "id = \"b1\"\naddr"), "peers[0].id"),
+            (
+                text.replace("relation = \"downstream\"", "relation = \"sideways\""),
+                "sideways",
+            ),
+            (
+                text.replace("[[neighbours]]\nid = \"b2\"", "[[neighbours]]\nid = \"b9\""),
+                "neighbours[0].id",
+            ),
+            (
+                text.replace("127.0.0.1:7001", "0.0.0.0:7001"),
+                "peers[0].addr",
+            ),
+            (
+                text.replace("id = \"b2\"\naddr", "id = \"b1\"\naddr"),
+                "peers[0].id",
+            ),
         ];
         for (bad, culprit) in cases {
             let err = parse(&dir, &bad).expect_err(culprit).to_string();

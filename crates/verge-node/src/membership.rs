@@ -186,7 +186,12 @@ impl Membership {
 
     /// Records evidence that `id` is alive at `now` (a heartbeat, or its answer), with a round
     /// trip if one was measured. A peer that was down or suspect is alive again at once.
-    pub fn heard(&mut self, id: &NodeId, now: Duration, rtt: Option<Duration>) -> Option<Transition> {
+    pub fn heard(
+        &mut self,
+        id: &NodeId,
+        now: Duration,
+        rtt: Option<Duration>,
+    ) -> Option<Transition> {
         let cfg = self.cfg.clone();
         let m = self.members.get_mut(id)?;
         if let Some(rtt) = rtt {

@@ -58,8 +58,16 @@ impl Metrics {
         let peers = Family::<StateLabel, Gauge>::default();
         let transitions = Family::<StateLabel, Counter>::default();
         let admin_requests = Counter::default();
-        registry.register("frames_in", "Frames decoded from peers and admins", frames_in.clone());
-        registry.register("frames_out", "Frames sent to peers and admins", frames_out.clone());
+        registry.register(
+            "frames_in",
+            "Frames decoded from peers and admins",
+            frames_in.clone(),
+        );
+        registry.register(
+            "frames_out",
+            "Frames sent to peers and admins",
+            frames_out.clone(),
+        );
         registry.register(
             "frame_errors",
             "Frames refused: oversize, unknown version, undecodable, truncated",
@@ -194,9 +202,15 @@ mod tests {
         m.set_peers(2, 0, 1);
         let text = m.encode();
         assert!(text.contains("verge_frames_in_total 1"), "{text}");
-        assert!(text.contains("verge_frame_errors_total{kind=\"oversize\"} 1"), "{text}");
+        assert!(
+            text.contains("verge_frame_errors_total{kind=\"oversize\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("verge_peers{state=\"alive\"} 2"), "{text}");
-        assert!(text.contains("verge_process_resident_memory_bytes"), "{text}");
+        assert!(
+            text.contains("verge_process_resident_memory_bytes"),
+            "{text}"
+        );
         assert!(text.trim_end().ends_with("# EOF"));
     }
 }

@@ -21,5 +21,9 @@ fn every_shipped_node_config_is_valid() {
         }
         checked += 1;
     }
-    assert!(checked >= 3, "only {checked} configs found in {}", dir.display());
+    assert!(
+        checked >= 3,
+        "only {checked} configs found in {}",
+        dir.display()
+    );
 }

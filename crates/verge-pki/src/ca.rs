@@ -88,7 +88,10 @@ impl IssuedCert {
 
 fn validity(days: i64) -> (OffsetDateTime, OffsetDateTime) {
     let now = OffsetDateTime::now_utc();
-    (now - Duration::hours(BACKDATE_HOURS), now + Duration::days(days))
+    (
+        now - Duration::hours(BACKDATE_HOURS),
+        now + Duration::days(days),
+    )
 }
 
 impl ClusterCa {
@@ -272,7 +275,10 @@ mod tests {
     #[test]
     fn refuses_ids_a_certificate_cannot_carry() {
         let ca = ClusterCa::generate("test").expect("ca");
-        assert!(matches!(ca.issue_admin("Bob Smith"), Err(PkiError::BadId(_))));
+        assert!(matches!(
+            ca.issue_admin("Bob Smith"),
+            Err(PkiError::BadId(_))
+        ));
         assert!(ClusterCa::generate("Not OK").is_err());
     }
 }

@@ -15,8 +15,10 @@ mod tls;
 
 pub use ca::{CaFiles, ClusterCa, IssuedCert, write_private};
 pub use error::PkiError;
-pub use identity::{ADMIN_SUFFIX, Identity, NODE_SUFFIX, admin_dns_name, identity_of, node_dns_name};
+pub use identity::{
+    ADMIN_SUFFIX, Identity, NODE_SUFFIX, admin_dns_name, identity_of, node_dns_name,
+};
 pub use tls::{
-    ClientAuth, NodeTls, admin_client_config, crypto_provider, load_certs, load_key,
-    load_roots, peer_client_config, server_config,
+    ClientAuth, NodeTls, admin_client_config, crypto_provider, load_certs, load_key, load_roots,
+    peer_client_config, server_config,
 };

@@ -243,7 +243,11 @@ mod tests {
 
     fn node_tls(dir: &Path, ca: &ClusterCa, id: &str) -> NodeTls {
         let id = NodeId::new(id).expect("id");
-        let (cert, key) = ca.issue_node(&id).expect("issue").write(dir).expect("write");
+        let (cert, key) = ca
+            .issue_node(&id)
+            .expect("issue")
+            .write(dir)
+            .expect("write");
         NodeTls::load(&dir.join("ca.pem"), &cert, &key).expect("load")
     }
 

@@ -229,7 +229,13 @@ mod tests {
         let mut dec = FrameDecoder::new(1024);
         dec.extend(&(1_000_000u32).to_be_bytes());
         let err = dec.next_frame::<PeerMessage>().expect_err("oversize");
-        assert!(matches!(err, CodecError::Oversize { len: 1_000_000, max: 1024 }));
+        assert!(matches!(
+            err,
+            CodecError::Oversize {
+                len: 1_000_000,
+                max: 1024
+            }
+        ));
         assert_eq!(err.kind(), "oversize");
     }
 

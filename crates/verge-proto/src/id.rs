@@ -104,9 +104,15 @@ mod tests {
     #[test]
     fn rejects_what_a_certificate_cannot_carry() {
         assert_eq!(NodeId::new(""), Err(IdError::Empty));
-        assert!(matches!(NodeId::new("x".repeat(64)), Err(IdError::TooLong(_))));
+        assert!(matches!(
+            NodeId::new("x".repeat(64)),
+            Err(IdError::TooLong(_))
+        ));
         for bad in ["B1", "-b1", "b1-", "b 1", "b.1", "b_1", "bé"] {
-            assert!(matches!(NodeId::new(bad), Err(IdError::BadChar(_))), "{bad}");
+            assert!(
+                matches!(NodeId::new(bad), Err(IdError::BadChar(_))),
+                "{bad}"
+            );
         }
     }
 }

@@ -149,9 +149,16 @@ impl LocalCluster {
         for id in &spec.ids {
             let id = NodeId::new(id.clone())?;
             ca.issue_node(&id)?.write(&certs)?;
-            let listen: SocketAddr = ([127, 0, 0, 1], free_udp_port().map_err(io("picking a port"))?).into();
-            let metrics: SocketAddr =
-                ([127, 0, 0, 1], free_tcp_port().map_err(io("picking a port"))?).into();
+            let listen: SocketAddr = (
+                [127, 0, 0, 1],
+                free_udp_port().map_err(io("picking a port"))?,
+            )
+                .into();
+            let metrics: SocketAddr = (
+                [127, 0, 0, 1],
+                free_tcp_port().map_err(io("picking a port"))?,
+            )
+                .into();
             nodes.push(NodeProc {
                 config: root.join(format!("{id}.toml")),
                 log: root.join(format!("{id}.log")),
@@ -170,7 +177,10 @@ impl LocalCluster {
                 metrics = n.metrics
             );
             for p in nodes.iter().filter(|p| p.id != n.id) {
-                toml.push_str(&format!("\n[[peers]]\nid = \"{}\"\naddr = \"{}\"\n", p.id, p.listen));
+                toml.push_str(&format!(
+                    "\n[[peers]]\nid = \"{}\"\naddr = \"{}\"\n",
+                    p.id, p.listen
+                ));
             }
             if i > 0 {
                 toml.push_str(&format!(
@@ -233,7 +243,10 @@ impl LocalCluster {
             .arg("node")
             .arg("--config")
             .arg(&n.config)
-            .env("RUST_LOG", std::env::var("VERGE_NODE_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("VERGE_NODE_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
@@ -251,7 +264,9 @@ impl LocalCluster {
     /// SIGKILLs node `i` and reaps it.
     pub fn kill(&mut self, i: usize) -> Result<(), ClusterError> {
         if let Some(mut child) = self.nodes[i].child.take() {
-            child.kill().map_err(io(format!("killing {}", self.nodes[i].id)))?;
+            child
+                .kill()
+                .map_err(io(format!("killing {}", self.nodes[i].id)))?;
             child.wait().map_err(io("reaping a node"))?;
         }
         Ok(())
@@ -337,7 +352,11 @@ impl LocalCluster {
     }
 
     /// Waits until every node in `running` sees every other node in `running` alive.
-    pub async fn wait_for_mesh(&self, running: &[usize], timeout: Duration) -> Result<Duration, ClusterError> {
+    pub async fn wait_for_mesh(
+        &self,
+        running: &[usize],
+        timeout: Duration,
+    ) -> Result<Duration, ClusterError> {
         let start = Instant::now();
         let admin = self.admin();
         'outer: while start.elapsed() < timeout {

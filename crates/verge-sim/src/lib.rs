@@ -10,4 +10,6 @@ mod admin;
 mod cluster;
 
 pub use admin::{AdminClient, AdminError};
-pub use cluster::{ClusterError, ClusterSpec, LocalCluster, NodeProc, free_tcp_port, free_udp_port};
+pub use cluster::{
+    ClusterError, ClusterSpec, LocalCluster, NodeProc, free_tcp_port, free_udp_port,
+};

@@ -11,7 +11,9 @@ use verge_proto::admin::{MemberView, NodeStatus};
 use verge_sim::{AdminClient, AdminError};
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  verge ctl --config configs/ctl.toml status\n  verge ctl --endpoint 127.0.0.1:7401 --ca ca/ca.pem --cert certs/admin-ops.pem --key certs/admin-ops.key members --json")]
+#[command(
+    after_help = "Examples:\n  verge ctl --config configs/ctl.toml status\n  verge ctl --endpoint 127.0.0.1:7401 --ca ca/ca.pem --cert certs/admin-ops.pem --key certs/admin-ops.key members --json"
+)]
 pub struct CtlArgs {
     /// A TOML file naming `endpoint`, `ca`, `cert` and `key` (flags override it).
     #[arg(long)]
@@ -60,8 +62,8 @@ struct CtlFile {
 fn load_file(path: &Path) -> anyhow::Result<CtlFile> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("ctl config file {}", path.display()))?;
-    let mut f: CtlFile = toml::from_str(&text)
-        .with_context(|| format!("ctl config file {}", path.display()))?;
+    let mut f: CtlFile =
+        toml::from_str(&text).with_context(|| format!("ctl config file {}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     for p in [&mut f.ca, &mut f.cert, &mut f.key].into_iter().flatten() {
         if p.is_relative() {
@@ -110,7 +112,10 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
     };
     let client = AdminClient::new(&ca, auth);
     let result = match args.command {
-        CtlCommand::Status => client.status(endpoint).await.map(|s| print_status(&s, args.json)),
+        CtlCommand::Status => client
+            .status(endpoint)
+            .await
+            .map(|s| print_status(&s, args.json)),
         CtlCommand::Members => client
             .members(endpoint)
             .await

@@ -65,10 +65,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         cluster.admin_cert.0.display(),
         cluster.admin_cert.1.display()
     );
-    println!(
-        "running for {} s (Ctrl-C stops it sooner)\n",
-        args.duration
-    );
+    println!("running for {} s (Ctrl-C stops it sooner)\n", args.duration);
 
     let deadline = Instant::now() + Duration::from_secs(args.duration);
     let mut next_report = Instant::now() + PROGRESS_EVERY;
@@ -112,7 +109,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if args.keep {
-        println!("stopped; logs and configs kept in {}", cluster.root().display());
+        println!(
+            "stopped; logs and configs kept in {}",
+            cluster.root().display()
+        );
     } else {
         println!("stopped cleanly; removed {}", cluster.root().display());
     }
