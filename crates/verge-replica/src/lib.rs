@@ -1,0 +1,1 @@
+//! Placeholder: the replication core is being written.
