@@ -71,6 +71,28 @@ async fn admin_endpoint_refuses_node_certificates_and_anonymous_clients() {
         assert_eq!(status["id"], "b1");
         assert_eq!(status["peers_alive"], 1);
 
+        // Fault injection is refused unless the node's config enables it.
+        let out = run_verge(
+            &[
+                "ctl",
+                "--endpoint",
+                &endpoint,
+                "--ca",
+                ca,
+                "--cert",
+                c.admin_cert.0.to_str().expect("utf-8"),
+                "--key",
+                c.admin_cert.1.to_str().expect("utf-8"),
+                "fault",
+                "--partition",
+                "b2",
+            ],
+            t,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("fault injection is off"), "{err}");
+
         // Both refusals are in the node's log and metrics.
         let log = c.log(0);
         assert!(log.contains("admin certificate"), "{log}");

@@ -170,3 +170,57 @@ async fn a_node_with_a_certificate_from_another_ca_never_joins() {
     .await
     .expect("bounded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_through_the_fault_layer_and_its_heal() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let mut spec = ClusterSpec::corridor(verge_bin(), 3);
+        spec.extra_config = "\n[faults]\nenabled = true\n".into();
+        let mut c = LocalCluster::create(&spec).expect("layout");
+        c.start_all().expect("start");
+        c.wait_for_mesh(&[0, 1, 2], Duration::from_secs(20))
+            .await
+            .expect("mesh forms");
+        let (b1, b2, b3) = (
+            c.nodes[0].id.clone(),
+            c.nodes[1].id.clone(),
+            c.nodes[2].id.clone(),
+        );
+
+        // Cut b3 off from both others: from b3's side alone, as a cable cut at its cabinet.
+        let admin = c.admin();
+        let (set, _) = admin
+            .set_faults(c.nodes[2].listen, vec![b1.clone(), b2.clone()], 0)
+            .await
+            .expect("faults set");
+        assert_eq!(set, vec![b1.clone(), b2.clone()]);
+        for (i, peer) in [(0, &b3), (1, &b3), (2, &b1), (2, &b2)] {
+            c.wait_for_state(i, peer, MemberState::Down, Duration::from_secs(6))
+                .await
+                .expect("partitioned peers go down");
+        }
+        // b1 and b2 still see each other.
+        assert!(
+            c.members(0)
+                .await
+                .expect("members")
+                .iter()
+                .any(|m| m.id == b2 && m.state == MemberState::Alive)
+        );
+
+        admin
+            .set_faults(c.nodes[2].listen, vec![], 0)
+            .await
+            .expect("healed");
+        c.wait_for_mesh(&[0, 1, 2], Duration::from_secs(6))
+            .await
+            .expect("mesh whole again after heal");
+        let text = verge_tests::http_get(c.nodes[2].metrics, "/metrics").expect("metrics");
+        assert!(
+            verge_tests::metric(&text, "verge_udp_datagrams_dropped_total") > 0.0,
+            "{text}"
+        );
+    })
+    .await
+    .expect("bounded");
+}

@@ -12,7 +12,7 @@ use verge_proto::admin::ALPN_ADMIN;
 use verge_proto::peer::ALPN_PEER;
 use verge_proto::{FRAME_BYTES_MAX_DEFAULT, NodeId};
 
-use crate::{AcceptError, NetError};
+use crate::{AcceptError, FaultLayer, NetError};
 
 /// Transport limits, set deliberately rather than inherited from quinn's defaults (100 streams
 /// each way, no keep-alive, 30 s idle timeout).
@@ -97,6 +97,7 @@ pub struct Net {
     peer_client: quinn::ClientConfig,
     cfg: NetConfig,
     id: NodeId,
+    faults: FaultLayer,
 }
 
 fn quic_err(e: impl std::fmt::Display) -> NetError {
@@ -115,16 +116,33 @@ impl Net {
             QuicClientConfig::try_from(verge_pki::peer_client_config(tls)?).map_err(quic_err)?;
         let mut peer_client = quinn::ClientConfig::new(Arc::new(client_tls));
         peer_client.transport_config(transport);
-        let endpoint = Endpoint::server(server, listen).map_err(|source| NetError::Bind {
+        let bind_err = |source| NetError::Bind {
             addr: listen,
             source,
-        })?;
+        };
+        let socket = std::net::UdpSocket::bind(listen).map_err(bind_err)?;
+        let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+        let faults = FaultLayer::default();
+        let socket = faults.wrap(runtime.wrap_udp_socket(socket).map_err(bind_err)?);
+        let endpoint = Endpoint::new_with_abstract_socket(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            runtime,
+        )
+        .map_err(bind_err)?;
         Ok(Self {
             endpoint,
             peer_client,
             cfg,
             id: tls.id.clone(),
+            faults,
         })
+    }
+
+    /// The fault layer under this endpoint's socket (datagram counters, partitions, loss).
+    pub fn faults(&self) -> &FaultLayer {
+        &self.faults
     }
 
     /// This node's id.

@@ -12,6 +12,7 @@
 
 mod endpoint;
 mod error;
+mod fault;
 mod framed;
 
 pub use endpoint::{
@@ -19,4 +20,5 @@ pub use endpoint::{
     transport_config,
 };
 pub use error::{AcceptError, NetError};
+pub use fault::{FaultLayer, FaultStats};
 pub use framed::{FramedRecv, FramedSend, request};

@@ -161,6 +161,8 @@ struct Shared {
     /// A dialed peer that has not answered a ping for this long has its connection replaced.
     pong_timeout: Duration,
     origin: Instant,
+    /// Whether `verge ctl fault` is accepted (config `[faults] enabled`).
+    faults_enabled: bool,
 }
 
 impl Shared {
@@ -198,6 +200,7 @@ impl NetworkActor {
             heartbeat,
             pong_timeout: (heartbeat * 5).max(Duration::from_secs(1)),
             origin: Instant::now(),
+            faults_enabled: cfg.faults.enabled,
         };
         Self {
             shared: Arc::new(shared),
@@ -366,6 +369,40 @@ async fn answer_admin(s: &Shared, req: AdminRequest) -> AdminResponse {
             }),
             Err(e) => unavailable(e),
         },
+        AdminRequest::SetFaults {
+            partition,
+            loss_ppm,
+        } => set_faults(s, partition, loss_ppm),
+    }
+}
+
+fn set_faults(s: &Shared, partition: Vec<NodeId>, loss_ppm: u32) -> AdminResponse {
+    if !s.faults_enabled {
+        return AdminResponse::Error {
+            message: format!(
+                "fault injection is off on node {}: set `[faults] enabled = true` in its config (tests and simulations only)",
+                s.info.id
+            ),
+        };
+    }
+    let mut addrs = Vec::new();
+    for id in &partition {
+        match s.peers.get(id) {
+            Some(addr) => addrs.push(*addr),
+            None => {
+                return AdminResponse::Error {
+                    message: format!("cannot partition from `{id}`: not a peer of {}", s.info.id),
+                };
+            }
+        }
+    }
+    let faults = s.net.faults();
+    faults.partition(addrs);
+    faults.set_loss_ppm(loss_ppm);
+    warn!(partition = ?partition.iter().map(NodeId::as_str).collect::<Vec<_>>(), loss_ppm, "injected network faults set");
+    AdminResponse::Faults {
+        partition,
+        loss_ppm: faults.loss_ppm(),
     }
 }
 

@@ -72,6 +72,18 @@ pub struct NodeConfig {
     /// Failure detector tuning.
     #[serde(default)]
     pub membership: MembershipSection,
+    /// Fault injection, for tests and simulations.
+    #[serde(default)]
+    pub faults: FaultsSection,
+}
+
+/// Fault injection. Off unless a test or simulation turns it on: a node in a real cabinet must not
+/// let an admin certificate partition it by accident.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultsSection {
+    /// Accept `verge ctl fault` commands.
+    pub enabled: bool,
 }
 
 /// Paths of the node's TLS material.

@@ -97,6 +97,7 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
     let net = Net::bind(cfg.listen, &tls, cfg.net.to_net_config())?;
     let listen = net.local_addr().unwrap_or(cfg.listen);
     let metrics = metrics::Metrics::new();
+    metrics.attach_udp(net.faults().clone());
 
     let metrics_addr = match cfg.metrics_listen {
         Some(addr) => Some(

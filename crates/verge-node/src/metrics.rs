@@ -38,6 +38,7 @@ pub struct Metrics {
     peers: Family<StateLabel, Gauge>,
     transitions: Family<StateLabel, Counter>,
     admin_requests: Counter,
+    udp: Arc<std::sync::OnceLock<verge_net::FaultLayer>>,
 }
 
 impl Default for Metrics {
@@ -104,7 +105,13 @@ impl Metrics {
             peers,
             transitions,
             admin_requests,
+            udp: Arc::default(),
         }
+    }
+
+    /// Exports the datagram counters of the endpoint's fault layer.
+    pub fn attach_udp(&self, layer: verge_net::FaultLayer) {
+        let _ = self.udp.set(layer);
     }
 
     /// A frame arrived and decoded.
@@ -176,6 +183,32 @@ impl Metrics {
             out.push_str("# HELP verge_process_resident_memory_bytes Resident set size of the node process.\n");
             out.push_str("# TYPE verge_process_resident_memory_bytes gauge\n");
             out.push_str(&format!("verge_process_resident_memory_bytes {rss}\n"));
+        }
+        if let Some(layer) = self.udp.get() {
+            use std::sync::atomic::Ordering::Relaxed;
+            let st = layer.stats();
+            for (name, help, v) in [
+                (
+                    "verge_udp_datagrams_in_total",
+                    "UDP datagrams received, valid or not.",
+                    st.datagrams_in.load(Relaxed),
+                ),
+                (
+                    "verge_udp_datagrams_out_total",
+                    "UDP datagrams sent.",
+                    st.datagrams_out.load(Relaxed),
+                ),
+                (
+                    "verge_udp_datagrams_dropped_total",
+                    "UDP datagrams dropped by injected faults.",
+                    st.datagrams_dropped.load(Relaxed),
+                ),
+            ] {
+                let family = name.trim_end_matches("_total");
+                out.push_str(&format!(
+                    "# HELP {family} {help}\n# TYPE {family} counter\n{name} {v}\n"
+                ));
+            }
         }
         out.push_str("# EOF\n");
         out

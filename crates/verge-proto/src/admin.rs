@@ -17,6 +17,14 @@ pub enum AdminRequest {
     Status,
     /// The node's membership table.
     Members,
+    /// Sets injected network faults (tests and simulations only; a node refuses it unless its
+    /// config says `[faults] enabled = true`). Replaces whatever was set before.
+    SetFaults {
+        /// Peers to cut off: every datagram to and from them is dropped.
+        partition: Vec<NodeId>,
+        /// Random datagram loss towards everyone, per million.
+        loss_ppm: u32,
+    },
 }
 
 /// A node's answer.
@@ -26,6 +34,13 @@ pub enum AdminResponse {
     Status(NodeStatus),
     /// Answer to [`AdminRequest::Members`]: every configured peer and the node itself, by id.
     Members(Vec<MemberView>),
+    /// Answer to [`AdminRequest::SetFaults`]: the faults now in force.
+    Faults {
+        /// Peers cut off.
+        partition: Vec<NodeId>,
+        /// Random loss, per million.
+        loss_ppm: u32,
+    },
     /// The request could not be served.
     Error {
         /// What went wrong, worded for an operator.

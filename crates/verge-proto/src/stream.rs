@@ -90,10 +90,18 @@ pub fn validate_sensor(s: &str) -> Result<(), StreamIdError> {
 
 impl StreamId {
     /// A validated stream id.
-    pub fn new(owner: NodeId, kind: StreamKind, sensor: impl Into<String>) -> Result<Self, StreamIdError> {
+    pub fn new(
+        owner: NodeId,
+        kind: StreamKind,
+        sensor: impl Into<String>,
+    ) -> Result<Self, StreamIdError> {
         let sensor = sensor.into();
         validate_sensor(&sensor)?;
-        Ok(Self { owner, kind, sensor })
+        Ok(Self {
+            owner,
+            kind,
+            sensor,
+        })
     }
 }
 
@@ -138,11 +146,26 @@ mod tests {
 
     #[test]
     fn bad_stream_ids_say_what_is_wrong() {
-        assert!(matches!("b1/raw".parse::<StreamId>(), Err(StreamIdError::Shape(_))));
-        assert!(matches!("B1/raw/x".parse::<StreamId>(), Err(StreamIdError::Owner(_))));
-        assert!(matches!("b1/cooked/x".parse::<StreamId>(), Err(StreamIdError::Kind(_))));
-        assert!(matches!("b1/raw/a/b".parse::<StreamId>(), Err(StreamIdError::Sensor(_))));
-        assert!(matches!("b1/raw/".parse::<StreamId>(), Err(StreamIdError::Sensor(_))));
+        assert!(matches!(
+            "b1/raw".parse::<StreamId>(),
+            Err(StreamIdError::Shape(_))
+        ));
+        assert!(matches!(
+            "B1/raw/x".parse::<StreamId>(),
+            Err(StreamIdError::Owner(_))
+        ));
+        assert!(matches!(
+            "b1/cooked/x".parse::<StreamId>(),
+            Err(StreamIdError::Kind(_))
+        ));
+        assert!(matches!(
+            "b1/raw/a/b".parse::<StreamId>(),
+            Err(StreamIdError::Sensor(_))
+        ));
+        assert!(matches!(
+            "b1/raw/".parse::<StreamId>(),
+            Err(StreamIdError::Sensor(_))
+        ));
     }
 
     #[test]

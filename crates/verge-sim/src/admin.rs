@@ -102,6 +102,32 @@ impl AdminClient {
         }
     }
 
+    /// Sets injected faults on the node (it must have `[faults] enabled = true`); returns what is
+    /// now in force.
+    pub async fn set_faults(
+        &self,
+        addr: SocketAddr,
+        partition: Vec<verge_proto::NodeId>,
+        loss_ppm: u32,
+    ) -> Result<(Vec<verge_proto::NodeId>, u32), AdminError> {
+        match self
+            .request(
+                addr,
+                &AdminRequest::SetFaults {
+                    partition,
+                    loss_ppm,
+                },
+            )
+            .await?
+        {
+            AdminResponse::Faults {
+                partition,
+                loss_ppm,
+            } => Ok((partition, loss_ppm)),
+            _ => Err(AdminError::Unexpected { addr }),
+        }
+    }
+
     /// The node's status.
     pub async fn status(&self, addr: SocketAddr) -> Result<NodeStatus, AdminError> {
         match self.request(addr, &AdminRequest::Status).await? {

@@ -43,6 +43,18 @@ enum CtlCommand {
     Status,
     /// The node's membership table: every peer's state, last heartbeat and round trip.
     Members,
+    /// Inject network faults on the node (only if its config has `[faults] enabled = true`).
+    #[command(
+        after_help = "Examples:\n  verge ctl --config ctl.toml fault --partition b2,b3\n  verge ctl --config ctl.toml fault --loss-ppm 50000\n  verge ctl --config ctl.toml fault          # heal: no partition, no loss"
+    )]
+    Fault {
+        /// Peers to cut off, comma-separated; nothing heals.
+        #[arg(long, value_delimiter = ',')]
+        partition: Vec<verge_proto::NodeId>,
+        /// Random loss of datagrams, per million.
+        #[arg(long, default_value_t = 0)]
+        loss_ppm: u32,
+    },
 }
 
 /// The file behind `--config`.
@@ -120,6 +132,13 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
             .members(endpoint)
             .await
             .map(|m| print_members(&m, args.json)),
+        CtlCommand::Fault {
+            partition,
+            loss_ppm,
+        } => client
+            .set_faults(endpoint, partition, loss_ppm)
+            .await
+            .map(|(p, loss)| print_faults(&p, loss, args.json)),
     };
     match result {
         Ok(printed) => {
@@ -156,6 +175,32 @@ fn print_status(s: &NodeStatus, json: bool) -> anyhow::Result<()> {
         println!(
             "peers    {} alive, {} suspect, {} down",
             s.peers_alive, s.peers_suspect, s.peers_down
+        );
+    }
+    Ok(())
+}
+
+fn print_faults(
+    partition: &[verge_proto::NodeId],
+    loss_ppm: u32,
+    json: bool,
+) -> anyhow::Result<()> {
+    let ids: Vec<&str> = partition.iter().map(verge_proto::NodeId::as_str).collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "partition": ids, "loss_ppm": loss_ppm })
+        );
+    } else if ids.is_empty() && loss_ppm == 0 {
+        println!("no faults in force");
+    } else {
+        println!(
+            "cut off from: {}; loss: {loss_ppm} per million",
+            if ids.is_empty() {
+                "nobody".into()
+            } else {
+                ids.join(", ")
+            }
         );
     }
     Ok(())
