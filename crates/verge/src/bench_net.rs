@@ -102,13 +102,64 @@ pub async fn run(args: &BenchNetArgs) -> anyhow::Result<Value> {
     let figures = measure(&rig, args).await;
     rig.close().await;
     let figures = figures?;
-    let value = figures.json();
+    let mut value = figures.json();
+    progress("idle memory: a three-node mesh of real `verge node` processes");
+    let rss = idle_rss_mb().await?;
+    let rss_max = rss.iter().copied().fold(0.0, f64::max);
+    let rss_pass = rss_max <= IDLE_RSS_TARGET_MB;
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert(
+            "idle_rss_mb".into(),
+            json!({ "per_node": rss, "max": rss_max, "target": IDLE_RSS_TARGET_MB, "pass": rss_pass }),
+        );
+        let all = obj.get("pass").and_then(Value::as_bool).unwrap_or(false) && rss_pass;
+        obj.insert("pass".into(), Value::Bool(all));
+    }
     if args.json {
         println!("{value}");
     } else {
         print!("{}", figures.table());
+        let per_node: Vec<String> = rss.iter().map(|r| format!("{r:.1}")).collect();
+        println!(
+            "idle node RSS (3-node mesh, {IDLE_SETTLE_S} s idle): max {rss_max:.1} MB (nodes: {}), target <= {IDLE_RSS_TARGET_MB} MB  {}",
+            per_node.join(", "),
+            if rss_pass { "PASS" } else { "MISS" }
+        );
     }
     Ok(value)
+}
+
+/// Target for an idle node's resident memory, in MB.
+const IDLE_RSS_TARGET_MB: f64 = 20.0;
+/// How long the mesh idles before its memory is read.
+const IDLE_SETTLE_S: u64 = 5;
+
+/// Starts three real node processes (this same binary), lets the mesh idle, and reads each
+/// node's resident memory from /proc.
+async fn idle_rss_mb() -> anyhow::Result<Vec<f64>> {
+    let bin = std::env::current_exe().context("cannot find the verge binary")?;
+    let mut spec = verge_sim::ClusterSpec::corridor(bin, 3);
+    spec.cluster = "bench".into();
+    let mut cluster = verge_sim::LocalCluster::create(&spec)?;
+    cluster.start_all()?;
+    cluster
+        .wait_for_mesh(&[0, 1, 2], Duration::from_secs(20))
+        .await?;
+    tokio::time::sleep(Duration::from_secs(IDLE_SETTLE_S)).await;
+    let mut out = Vec::new();
+    for n in &cluster.nodes {
+        let pid = n.pid().context("a node exited during the idle run")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("reading /proc/{pid}/status"))?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .context("no VmRSS line")?;
+        out.push(kib * 1024.0 / 1e6);
+    }
+    Ok(out)
 }
 
 async fn measure(rig: &Rig, args: &BenchNetArgs) -> anyhow::Result<Figures> {
@@ -214,7 +265,10 @@ impl Figures {
     fn table(&self) -> String {
         let row =
             |name: &str, verge: String, raw: String, ratio: f64, target: &str, result: &str| {
-                format!("{name:<22} {verge:>12} {raw:>12} {ratio:>8.2}x  {target:<20} {result}\n")
+                let line = format!(
+                    "{name:<22} {verge:>12} {raw:>12} {ratio:>8.2}x  {target:<20} {result}"
+                );
+                format!("{}\n", line.trim_end())
             };
         let mut out =
             String::from("verge bench net: 127.0.0.1, mutual TLS 1.3, verge vs raw quinn\n\n");
@@ -582,14 +636,14 @@ async fn round_trips(rig: &Rig, count: usize) -> anyhow::Result<RttFigures> {
     let verge_server = tokio::spawn(verge_echo(rig.verge.server.clone(), max));
     let raw_server = tokio::spawn(raw_echo(rig.raw.server.clone()));
 
-    let (send, recv) = rig.verge.client.open_bi().await?;
+    let (send, recv) = within("opening a stream", rig.verge.client.open_bi()).await?;
     let mut verge = VergeRtt {
         send: FramedSend::new(send, max),
         recv: FramedRecv::new(recv, max),
         payload: Bytes::from(vec![0x5a; SMALL_BYTES]),
         seq: 0,
     };
-    let (send, recv) = rig.raw.client.open_bi().await?;
+    let (send, recv) = within("opening a stream", rig.raw.client.open_bi()).await?;
     let mut raw = RawRtt {
         send,
         recv,
@@ -691,7 +745,7 @@ async fn one_way_verge(rig: &Rig, payload_bytes: usize, count: usize) -> anyhow:
         payload_bytes,
         count,
     ));
-    let (send, recv) = rig.verge.client.open_bi().await?;
+    let (send, recv) = within("opening a stream", rig.verge.client.open_bi()).await?;
     let mut send = FramedSend::new(send, max);
     let mut answer = FramedRecv::new(recv, max);
     let payload = Bytes::from(vec![0x5a; payload_bytes]);
@@ -755,7 +809,7 @@ async fn verge_sink(
 async fn one_way_raw(rig: &Rig, payload_bytes: usize, count: usize) -> anyhow::Result<Duration> {
     let total = (count * payload_bytes) as u64;
     let receiver = tokio::spawn(raw_sink(rig.raw.server.clone(), total));
-    let (mut send, mut recv) = rig.raw.client.open_bi().await?;
+    let (mut send, mut recv) = within("opening a stream", rig.raw.client.open_bi()).await?;
     let chunk = vec![0x5a; BATCH_BYTES.div_ceil(payload_bytes) * payload_bytes];
 
     let start = Instant::now();

@@ -2,6 +2,7 @@
 //! benchmarks. This file only parses arguments and calls into the crates; errors become a message
 //! on stderr and an exit code.
 
+mod bench_net;
 mod ctl;
 mod demo;
 
@@ -55,6 +56,9 @@ enum Command {
     Ctl(ctl::CtlArgs),
     /// Run a local cluster on 127.0.0.1 and show its membership.
     Demo(demo::DemoArgs),
+    /// Benchmarks that print their figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,6 +91,12 @@ enum CertCommand {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Round trip, throughput and handshakes of the mesh transport against raw quinn.
+    Net(bench_net::BenchNetArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -154,6 +164,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Ctl(args) => runtime()?.block_on(ctl::run(args)),
         Command::Demo(args) => runtime()?.block_on(demo::run(args)),
+        Command::Bench(BenchCommand::Net(args)) => {
+            runtime()?.block_on(bench_net::run(&args))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
