@@ -55,6 +55,8 @@ fn crate_boundaries_hold() {
     assert_not_in("verge-pki", &["actix", "sled", "quinn", "tokio"]);
     // The transport knows nothing of actors or storage.
     assert_not_in("verge-net", &["actix", "sled", "openraft"]);
+    // Storage knows nothing of the network or actors.
+    assert_not_in("verge-store", &["quinn", "tokio", "actix", "verge-net"]);
     // Orchestration talks to nodes only through processes and the admin endpoint.
     assert_not_in("verge-sim", &["verge-node", "actix"]);
 }
