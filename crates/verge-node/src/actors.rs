@@ -154,6 +154,7 @@ pub struct NodeInfo {
 struct Shared {
     net: Net,
     membership: Addr<MembershipActor>,
+    store: Addr<crate::storage::StoreActor>,
     metrics: Metrics,
     info: NodeInfo,
     peers: BTreeMap<NodeId, SocketAddr>,
@@ -187,6 +188,7 @@ impl NetworkActor {
         net: Net,
         cfg: &NodeConfig,
         membership: Addr<MembershipActor>,
+        store: Addr<crate::storage::StoreActor>,
         metrics: Metrics,
         info: NodeInfo,
     ) -> Self {
@@ -194,6 +196,7 @@ impl NetworkActor {
         let shared = Shared {
             net,
             membership,
+            store,
             metrics,
             info,
             peers: cfg.peers.iter().map(|p| (p.id.clone(), p.addr)).collect(),
@@ -373,6 +376,85 @@ async fn answer_admin(s: &Shared, req: AdminRequest) -> AdminResponse {
             partition,
             loss_ppm,
         } => set_faults(s, partition, loss_ppm),
+        AdminRequest::Ingest { readings } => ingest(s, readings).await,
+        AdminRequest::Streams => match s.store.send(crate::storage::ListStreams).await {
+            Ok(v) => AdminResponse::Streams(v),
+            Err(e) => AdminResponse::Error {
+                message: format!("the store is unavailable: {e}"),
+            },
+        },
+        AdminRequest::Query {
+            stream,
+            from,
+            to,
+            limit,
+        } => {
+            let req = crate::storage::ReadRange {
+                stream,
+                from,
+                to,
+                limit,
+            };
+            match s.store.send(req).await {
+                Ok(Ok(records)) => AdminResponse::Records(records),
+                Ok(Err(message)) => AdminResponse::Error { message },
+                Err(e) => AdminResponse::Error {
+                    message: format!("the store is unavailable: {e}"),
+                },
+            }
+        }
+    }
+}
+
+/// Validates a producer's readings and stores the valid ones; answers once they are durable.
+async fn ingest(s: &Shared, readings: Vec<verge_proto::admin::IngestReading>) -> AdminResponse {
+    let mut valid = Vec::with_capacity(readings.len());
+    let mut rejected = Vec::new();
+    for r in readings {
+        let [count, occupancy, speed, queue] = r.record.values[..] else {
+            s.metrics.readings_rejected("columns", 1);
+            rejected.push(format!(
+                "sensor {}: a reading has 4 values (count, occupancy, speed, queue), not {}",
+                r.sensor,
+                r.record.values.len()
+            ));
+            continue;
+        };
+        let reading = verge_traffic::Reading {
+            sensor: r.sensor,
+            ts_ms: r.record.ts_ms,
+            count,
+            occupancy,
+            speed,
+            queue,
+        };
+        match reading.validate() {
+            Ok(()) => valid.push(reading),
+            Err(e) => {
+                s.metrics.readings_rejected(e.kind(), 1);
+                rejected.push(e.to_string());
+            }
+        }
+    }
+    if !rejected.is_empty() {
+        warn!(rejected = rejected.len(), first = %rejected[0], "refused readings from a producer");
+    }
+    match s
+        .store
+        .send(crate::storage::Ingest { readings: valid })
+        .await
+    {
+        Ok(Ok(mut result)) => {
+            rejected.append(&mut result.rejected);
+            AdminResponse::Ingested {
+                acks: result.acks,
+                rejected,
+            }
+        }
+        Ok(Err(message)) => AdminResponse::Error { message },
+        Err(e) => AdminResponse::Error {
+            message: format!("the store is unavailable: {e}"),
+        },
     }
 }
 

@@ -75,6 +75,53 @@ pub struct NodeConfig {
     /// Fault injection, for tests and simulations.
     #[serde(default)]
     pub faults: FaultsSection,
+    /// Local storage: group commit, retention and quota.
+    #[serde(default)]
+    pub store: StoreSection,
+    /// Sensor sources feeding this node.
+    #[serde(default)]
+    pub sensors: SensorsSection,
+}
+
+/// Local storage tuning.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// Longest wait before appended readings are flushed to disk and acknowledged, in
+    /// milliseconds (group commit: one fsync covers everything appended meanwhile).
+    pub flush_interval_ms: u64,
+    /// Keep raw readings this many seconds; forever when absent.
+    pub retention_raw_s: Option<u64>,
+    /// Keep predictions this many seconds; forever when absent.
+    pub retention_results_s: Option<u64>,
+    /// Keep aggregates this many seconds; forever when absent.
+    pub retention_aggregates_s: Option<u64>,
+    /// Bytes of stored blocks this node may hold; when over, the oldest raw readings go first and
+    /// aggregates last. No quota when absent.
+    pub quota_bytes: Option<u64>,
+    /// How often retention and the quota are enforced, in milliseconds.
+    pub retention_interval_ms: u64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self {
+            flush_interval_ms: 2,
+            retention_raw_s: None,
+            retention_results_s: None,
+            retention_aggregates_s: None,
+            quota_bytes: None,
+            retention_interval_ms: 5_000,
+        }
+    }
+}
+
+/// Sensor sources.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SensorsSection {
+    /// A synthetic source (for load and benchmarks).
+    pub synthetic: Option<verge_traffic::SyntheticConfig>,
 }
 
 /// Fault injection. Off unless a test or simulation turns it on: a node in a real cabinet must not
@@ -308,6 +355,26 @@ impl NodeConfig {
             return Err(invalid(
                 "net.keep_alive_ms".into(),
                 "must be above 0 and below net.idle_timeout_ms".into(),
+            ));
+        }
+        if self.store.flush_interval_ms == 0 || self.store.flush_interval_ms > 1_000 {
+            return Err(invalid(
+                "store.flush_interval_ms".into(),
+                "must be between 1 and 1000".into(),
+            ));
+        }
+        if self.store.retention_interval_ms == 0 {
+            return Err(invalid(
+                "store.retention_interval_ms".into(),
+                "must be above 0".into(),
+            ));
+        }
+        if let Some(syn) = &self.sensors.synthetic
+            && !(syn.rate_per_s.is_finite() && syn.rate_per_s >= 0.0 && syn.rate_per_s <= 1e7)
+        {
+            return Err(invalid(
+                "sensors.synthetic.rate_per_s".into(),
+                "must be between 0 and 10000000".into(),
             ));
         }
         let m = &self.membership;

@@ -11,6 +11,7 @@ pub mod config;
 mod http;
 pub mod membership;
 pub mod metrics;
+pub mod storage;
 
 use std::time::{Duration, Instant};
 
@@ -61,6 +62,9 @@ pub enum NodeError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The store under data_dir cannot be opened.
+    #[error("cannot open the store (key data_dir): {0}")]
+    Store(#[from] verge_store::StoreError),
     /// The async runtime could not be built.
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
@@ -94,6 +98,8 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
         path: cfg.data_dir.display().to_string(),
         source,
     })?;
+    let store: std::sync::Arc<dyn verge_store::Store> =
+        std::sync::Arc::new(verge_store::SledStore::open(&cfg.data_dir.join("store"))?);
     let net = Net::bind(cfg.listen, &tls, cfg.net.to_net_config())?;
     let listen = net.local_addr().unwrap_or(cfg.listen);
     let metrics = metrics::Metrics::new();
@@ -109,10 +115,27 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
     };
 
     let membership = actors::MembershipActor::new(&cfg, listen, metrics.clone()).start();
+    // The store blocks on fsync, so it gets a thread of its own.
+    let store_arbiter = actix::Arbiter::new();
+    let store = {
+        let (me, scfg, m) = (cfg.id.clone(), cfg.store.clone(), metrics.clone());
+        storage::StoreActor::start_in_arbiter(&store_arbiter.handle(), move |_| {
+            storage::StoreActor::new(store, me, scfg, m)
+        })
+    };
+    if let Some(syn) = cfg.sensors.synthetic.clone() {
+        storage::SensorActor::new(
+            verge_traffic::SyntheticSource::new(syn),
+            store.clone(),
+            metrics.clone(),
+        )
+        .start();
+    }
     let _network = actors::NetworkActor::new(
         net.clone(),
         &cfg,
         membership.clone(),
+        store.clone(),
         metrics.clone(),
         actors::NodeInfo {
             id: cfg.id.clone(),
@@ -132,6 +155,9 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
     wait_for_signal().await;
     info!(node = %cfg.id, "shutting down");
     net.shutdown(SHUTDOWN_GRACE).await;
+    // Stopping the store's arbiter stops the actor, whose last act is a flush.
+    store_arbiter.stop();
+    let _ = store_arbiter.join();
     actix::System::current().stop();
     Ok(())
 }

@@ -21,6 +21,12 @@ struct StateLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RetentionLabel {
+    kind: String,
+    reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HandshakeLabel {
     direction: String,
     result: String,
@@ -38,6 +44,10 @@ pub struct Metrics {
     peers: Family<StateLabel, Gauge>,
     transitions: Family<StateLabel, Counter>,
     admin_requests: Counter,
+    readings_stored: Counter,
+    readings_rejected: Family<KindLabel, Counter>,
+    store_flushes: Family<StateLabel, Counter>,
+    retention_dropped: Family<RetentionLabel, Counter>,
     udp: Arc<std::sync::OnceLock<verge_net::FaultLayer>>,
 }
 
@@ -59,6 +69,30 @@ impl Metrics {
         let peers = Family::<StateLabel, Gauge>::default();
         let transitions = Family::<StateLabel, Counter>::default();
         let admin_requests = Counter::default();
+        let readings_stored = Counter::default();
+        let readings_rejected = Family::<KindLabel, Counter>::default();
+        let store_flushes = Family::<StateLabel, Counter>::default();
+        let retention_dropped = Family::<RetentionLabel, Counter>::default();
+        registry.register(
+            "readings_stored",
+            "Readings acknowledged durable to their producer",
+            readings_stored.clone(),
+        );
+        registry.register(
+            "readings_rejected",
+            "Readings refused, by reason (not_finite, out_of_range, sensor_id, columns, busy, store)",
+            readings_rejected.clone(),
+        );
+        registry.register(
+            "store_flushes",
+            "Group-commit flushes, by result (ok, failed)",
+            store_flushes.clone(),
+        );
+        registry.register(
+            "retention_dropped",
+            "Records dropped by retention, by stream kind and reason (age, quota)",
+            retention_dropped.clone(),
+        );
         registry.register(
             "frames_in",
             "Frames decoded from peers and admins",
@@ -105,6 +139,10 @@ impl Metrics {
             peers,
             transitions,
             admin_requests,
+            readings_stored,
+            readings_rejected,
+            store_flushes,
+            retention_dropped,
             udp: Arc::default(),
         }
     }
@@ -171,6 +209,41 @@ impl Metrics {
     /// An admin request was served.
     pub fn admin_request(&self) {
         self.admin_requests.inc();
+    }
+
+    /// `n` readings were acknowledged durable.
+    pub fn readings_stored(&self, n: u64) {
+        self.readings_stored.inc_by(n);
+    }
+
+    /// `n` readings were refused for `kind`.
+    pub fn readings_rejected(&self, kind: &str, n: u64) {
+        self.readings_rejected
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc_by(n);
+    }
+
+    /// A group-commit flush finished.
+    pub fn store_flush(&self, ok: bool) {
+        self.store_flushes
+            .get_or_create(&StateLabel {
+                state: if ok { "ok" } else { "failed" }.into(),
+            })
+            .inc();
+    }
+
+    /// Retention dropped records of `kind`.
+    pub fn retention_dropped(&self, kind: &str, by_age: u64, by_quota: u64) {
+        for (reason, n) in [("age", by_age), ("quota", by_quota)] {
+            if n > 0 {
+                self.retention_dropped
+                    .get_or_create(&RetentionLabel {
+                        kind: kind.into(),
+                        reason: reason.into(),
+                    })
+                    .inc_by(n);
+            }
+        }
     }
 
     /// The Prometheus text exposition, with the process's resident memory appended.

@@ -5,13 +5,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::NodeId;
+use crate::{NodeId, Record, StreamId};
 
 /// The ALPN protocol id for admin connections.
 pub const ALPN_ADMIN: &[u8] = b"verge-admin/1";
 
 /// What the admin CLI asks a node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AdminRequest {
     /// The node's id, version, uptime and a summary of its peers.
     Status,
@@ -25,6 +25,61 @@ pub enum AdminRequest {
         /// Random datagram loss towards everyone, per million.
         loss_ppm: u32,
     },
+    /// Stores readings from an external producer. The answer comes once they are durable.
+    Ingest {
+        /// The readings, in order per sensor.
+        readings: Vec<IngestReading>,
+    },
+    /// Lists the streams this node holds.
+    Streams,
+    /// Reads records `from..=to` of a stream (at most `limit`).
+    Query {
+        /// The stream.
+        stream: StreamId,
+        /// First sequence number.
+        from: u64,
+        /// Last sequence number (inclusive).
+        to: u64,
+        /// The most records to return.
+        limit: u32,
+    },
+}
+
+/// One reading sent by a producer: the sensor and its record (count, occupancy, speed, queue).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IngestReading {
+    /// The sensor's id; the stream is `<node>/raw/<sensor>`.
+    pub sensor: String,
+    /// The reading.
+    pub record: Record,
+}
+
+/// The sequence numbers a stream assigned to a producer's readings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestAck {
+    /// The stream.
+    pub stream: StreamId,
+    /// First sequence number assigned.
+    pub first_seq: u64,
+    /// Last sequence number assigned.
+    pub last_seq: u64,
+}
+
+/// A stream as `verge ctl streams` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamView {
+    /// The stream.
+    pub id: StreamId,
+    /// The first sequence number still held (retention moves it up).
+    pub first_seq: u64,
+    /// The highest sequence number appended.
+    pub head: u64,
+    /// The highest sequence number on disk.
+    pub durable_head: u64,
+    /// Values per record.
+    pub columns: u32,
+    /// Approximate bytes held.
+    pub bytes: u64,
 }
 
 /// A node's answer.
@@ -41,6 +96,17 @@ pub enum AdminResponse {
         /// Random loss, per million.
         loss_ppm: u32,
     },
+    /// Answer to [`AdminRequest::Ingest`]: what was stored durably and what was refused.
+    Ingested {
+        /// Sequence numbers per stream, for the readings stored.
+        acks: Vec<IngestAck>,
+        /// Readings refused, each with the reason (NaN, out of range, bad sensor id).
+        rejected: Vec<String>,
+    },
+    /// Answer to [`AdminRequest::Streams`].
+    Streams(Vec<StreamView>),
+    /// Answer to [`AdminRequest::Query`]: (sequence, record) pairs in order.
+    Records(Vec<(u64, Record)>),
     /// The request could not be served.
     Error {
         /// What went wrong, worded for an operator.

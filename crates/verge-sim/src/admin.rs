@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use verge_net::{NetConfig, NetError, admin_connect, connection_refusal, request};
 use verge_pki::{ClientAuth, PkiError, load_roots};
-use verge_proto::admin::{AdminRequest, AdminResponse, MemberView, NodeStatus};
+use verge_proto::admin::{
+    AdminRequest, AdminResponse, IngestAck, IngestReading, MemberView, NodeStatus, StreamView,
+};
+use verge_proto::{Record, StreamId};
 
 /// Why an admin request failed.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +127,51 @@ impl AdminClient {
                 partition,
                 loss_ppm,
             } => Ok((partition, loss_ppm)),
+            _ => Err(AdminError::Unexpected { addr }),
+        }
+    }
+
+    /// Sends readings as a producer; returns the sequence numbers assigned (once durable) and
+    /// what was refused.
+    pub async fn ingest(
+        &self,
+        addr: SocketAddr,
+        readings: Vec<IngestReading>,
+    ) -> Result<(Vec<IngestAck>, Vec<String>), AdminError> {
+        match self
+            .request(addr, &AdminRequest::Ingest { readings })
+            .await?
+        {
+            AdminResponse::Ingested { acks, rejected } => Ok((acks, rejected)),
+            _ => Err(AdminError::Unexpected { addr }),
+        }
+    }
+
+    /// The streams the node holds.
+    pub async fn streams(&self, addr: SocketAddr) -> Result<Vec<StreamView>, AdminError> {
+        match self.request(addr, &AdminRequest::Streams).await? {
+            AdminResponse::Streams(v) => Ok(v),
+            _ => Err(AdminError::Unexpected { addr }),
+        }
+    }
+
+    /// Records `from..=to` of `stream` (at most `limit`).
+    pub async fn query(
+        &self,
+        addr: SocketAddr,
+        stream: StreamId,
+        from: u64,
+        to: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, Record)>, AdminError> {
+        let req = AdminRequest::Query {
+            stream,
+            from,
+            to,
+            limit,
+        };
+        match self.request(addr, &req).await? {
+            AdminResponse::Records(v) => Ok(v),
             _ => Err(AdminError::Unexpected { addr }),
         }
     }

@@ -43,6 +43,26 @@ enum CtlCommand {
     Status,
     /// The node's membership table: every peer's state, last heartbeat and round trip.
     Members,
+    /// The streams this node holds: first and head sequence, durable head, size.
+    Streams,
+    /// Print records of one stream.
+    #[command(
+        after_help = "Example:\n  verge ctl --config ctl.toml query --stream b1/raw/syn0 --from 1 --to 100 --json"
+    )]
+    Query {
+        /// The stream, OWNER/KIND/SENSOR (e.g. b1/raw/syn0).
+        #[arg(long)]
+        stream: verge_proto::StreamId,
+        /// First sequence number.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Last sequence number (inclusive).
+        #[arg(long, default_value_t = u64::MAX)]
+        to: u64,
+        /// The most records to print.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
     /// Inject network faults on the node (only if its config has `[faults] enabled = true`).
     #[command(
         after_help = "Examples:\n  verge ctl --config ctl.toml fault --partition b2,b3\n  verge ctl --config ctl.toml fault --loss-ppm 50000\n  verge ctl --config ctl.toml fault          # heal: no partition, no loss"
@@ -132,6 +152,19 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
             .members(endpoint)
             .await
             .map(|m| print_members(&m, args.json)),
+        CtlCommand::Streams => client
+            .streams(endpoint)
+            .await
+            .map(|v| print_streams(&v, args.json)),
+        CtlCommand::Query {
+            stream,
+            from,
+            to,
+            limit,
+        } => client
+            .query(endpoint, stream, from, to, limit)
+            .await
+            .map(|v| print_records(&v, args.json)),
         CtlCommand::Fault {
             partition,
             loss_ppm,
@@ -176,6 +209,61 @@ fn print_status(s: &NodeStatus, json: bool) -> anyhow::Result<()> {
             "peers    {} alive, {} suspect, {} down",
             s.peers_alive, s.peers_suspect, s.peers_down
         );
+    }
+    Ok(())
+}
+
+fn print_streams(streams: &[verge_proto::admin::StreamView], json: bool) -> anyhow::Result<()> {
+    if json {
+        let rows: Vec<serde_json::Value> = streams
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "stream": s.id.to_string(),
+                    "first_seq": s.first_seq,
+                    "head": s.head,
+                    "durable_head": s.durable_head,
+                    "columns": s.columns,
+                    "bytes": s.bytes,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "{:<32} {:>10} {:>10} {:>12} {:>10}",
+            "STREAM", "FIRST", "HEAD", "DURABLE", "BYTES"
+        );
+        for s in streams {
+            println!(
+                "{:<32} {:>10} {:>10} {:>12} {:>10}",
+                s.id.to_string(),
+                s.first_seq,
+                s.head,
+                s.durable_head,
+                s.bytes
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_records(records: &[(u64, verge_proto::Record)], json: bool) -> anyhow::Result<()> {
+    if json {
+        let rows: Vec<serde_json::Value> = records
+            .iter()
+            .map(|(seq, r)| serde_json::json!({ "seq": seq, "ts_ms": r.ts_ms, "values": r.values }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "{:>10} {:>15}  VALUES (count, occupancy, speed, queue)",
+            "SEQ", "TS_MS"
+        );
+        for (seq, r) in records {
+            let values: Vec<String> = r.values.iter().map(|v| v.to_string()).collect();
+            println!("{seq:>10} {:>15}  {}", r.ts_ms, values.join(", "));
+        }
     }
     Ok(())
 }
