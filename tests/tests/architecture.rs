@@ -58,7 +58,10 @@ fn crate_boundaries_hold() {
     // Storage knows nothing of the network or actors.
     assert_not_in("verge-store", &["quinn", "tokio", "actix", "verge-net"]);
     // The replication core decides without IO.
-    assert_not_in("verge-replica", &["tokio", "quinn", "sled", "actix", "rand", "verge-store"]);
+    assert_not_in(
+        "verge-replica",
+        &["tokio", "quinn", "sled", "actix", "rand", "verge-store"],
+    );
     // Orchestration talks to nodes only through processes and the admin endpoint.
     assert_not_in("verge-sim", &["verge-node", "actix"]);
 }

@@ -205,3 +205,42 @@ async fn a_synthetic_source_fills_streams_and_a_full_quota_drops_old_raw_reading
     .await
     .expect("bounded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_flushes_and_exits_cleanly_and_streams_come_back() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let mut c = one_node("\n[sensors.synthetic]\nsensors = 3\nrate_per_s = 3000\n");
+        c.start(0).expect("start");
+        c.wait_for_mesh(&[0], Duration::from_secs(20))
+            .await
+            .expect("up");
+        let addr = c.nodes[0].listen;
+        let admin = c.admin();
+        // Wait until every stream has flushed a good number of readings.
+        let mut before = Vec::new();
+        for _ in 0..200 {
+            before = admin.streams(addr).await.expect("streams");
+            if before.len() == 3 && before.iter().all(|s| s.durable_head >= 100) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            before.len() == 3 && before.iter().all(|s| s.durable_head >= 100),
+            "{before:?}"
+        );
+        let code = c.terminate(0, Duration::from_secs(10)).expect("terminate");
+        assert_eq!(code, Some(0), "{}", c.log(0));
+        c.start(0).expect("restart");
+        c.wait_for_mesh(&[0], Duration::from_secs(20))
+            .await
+            .expect("up again");
+        let after = admin.streams(addr).await.expect("streams");
+        for b in &before {
+            let a = after.iter().find(|a| a.id == b.id).expect("stream kept");
+            assert!(a.durable_head >= b.durable_head, "{b:?} -> {a:?}");
+        }
+    })
+    .await
+    .expect("bounded");
+}

@@ -155,7 +155,10 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
     wait_for_signal().await;
     info!(node = %cfg.id, "shutting down");
     net.shutdown(SHUTDOWN_GRACE).await;
-    // Stopping the store's arbiter stops the actor, whose last act is a flush.
+    // The store's last act is a flush, so producers waiting on it get their answer.
+    if let Err(e) = store.send(storage::Shutdown).await {
+        warn!("the store did not take its final flush: {e}");
+    }
     store_arbiter.stop();
     let _ = store_arbiter.join();
     actix::System::current().stop();

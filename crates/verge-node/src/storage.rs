@@ -50,6 +50,11 @@ pub struct Ingest {
     pub readings: Vec<Reading>,
 }
 
+/// Flushes what is pending (answering its producers) and stops the actor.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
 /// Lists streams.
 #[derive(Debug, Message)]
 #[rtype(result = "Vec<StreamView>")]
@@ -186,11 +191,15 @@ impl Actor for StoreActor {
             |act, _| act.enforce_retention(),
         );
     }
+}
 
-    fn stopping(&mut self, _: &mut Self::Context) -> Running {
-        // Whatever was appended gets its flush before the process goes.
+impl Handler<Shutdown> for StoreActor {
+    type Result = ();
+    fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
+        // Whatever was appended gets its flush, and its producers their answer, before the
+        // process goes.
         self.flush();
-        Running::Stop
+        ctx.stop();
     }
 }
 
