@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 use verge_proto::StreamId;
 
-use crate::COLUMNS_MAX;
+use crate::{COLUMNS_MAX, HEAD_MAX};
 
 /// Why a store operation failed.
 #[derive(Debug, Error)]
@@ -53,6 +53,19 @@ pub enum StoreError {
         seq: u64,
         /// The record's value count.
         found: usize,
+    },
+    /// A reset asked to restart a stream at a sequence number no stream can continue at: 0, or
+    /// past [`HEAD_MAX`] + 1. Nothing was changed; the caller (or the peer that sent the
+    /// sequence number) is at fault.
+    #[error(
+        "stream {stream}: cannot restart it at seq {next_seq}; sequence numbers run from 1 to {}",
+        HEAD_MAX + 1
+    )]
+    ResetSeq {
+        /// The stream.
+        stream: StreamId,
+        /// The sequence number asked for.
+        next_seq: u64,
     },
     /// The store's directory could not be opened: it is missing and cannot be created, is not a
     /// directory, cannot be read, is locked by another process, holds something other than a

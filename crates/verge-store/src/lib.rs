@@ -11,10 +11,16 @@
 //! to enforce retention. It does not replicate, acknowledge producers, place replicas, or know
 //! what a stream's columns mean; `verge-replica` and `verge-node` do.
 //!
-//! **Invariant:** a stream's sequence numbers are dense from 1 and never reused; retention only
-//! moves its first retained sequence number up.
+//! Besides records it keeps what the replication core must find again after a restart: each
+//! stream's holders ([`Store::set_holders`]) and the node's epoch ([`Store::bump_epoch`]); and it
+//! lets a replica restart its copy of a stream further on ([`Store::reset`]).
+//!
+//! **Invariant:** a stream's sequence numbers are dense from 1 (or from where a
+//! [`Store::reset`] restarted it) and never reused; retention only moves its first retained
+//! sequence number up.
 //! **Invariant:** what [`Store::flush`] returned `Ok` for survives a crash; retention never drops
-//! a record that is not yet durable.
+//! a record that is not yet durable. [`Store::set_holders`], [`Store::bump_epoch`] and
+//! [`Store::reset`] are durable when they return `Ok`, and make no appended record durable.
 
 pub mod error;
 pub mod gorilla;
@@ -26,7 +32,7 @@ pub mod testing;
 
 use std::fmt;
 
-use verge_proto::{Record, StreamId, StreamKind};
+use verge_proto::{NodeId, Record, StreamId, StreamKind};
 
 pub use error::StoreError;
 pub use mem::MemStore;
@@ -34,6 +40,10 @@ pub use sled_store::SledStore;
 
 /// The most values a record may carry.
 pub const COLUMNS_MAX: usize = 64;
+
+/// The highest head a stream may have: [`Store::reset`] refuses to restart a stream past it (a
+/// head anywhere near `u64::MAX` is a bug or damage, not 2^63 appends).
+pub const HEAD_MAX: u64 = u64::MAX / 2;
 
 /// A store of append-only streams, each with one writer and dense sequence numbers from 1.
 ///
@@ -101,6 +111,48 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// removed; what was dropped before the error stays dropped.
     fn enforce(&self, policy: &RetentionPolicy, now_ms: i64)
     -> Result<RetentionReport, StoreError>;
+
+    /// Records that `holders` may hold records of `stream`, replacing what was recorded before,
+    /// durably by the time it returns `Ok` (without waiting for [`Store::flush`], and without
+    /// making any appended record durable). The stream need not have records; recording holders
+    /// does not create it in [`Store::streams`].
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Disk`] if the write or the sync failed: [`Store::holders`] may then return
+    /// the old or the new holders, and either may be what survives a crash.
+    fn set_holders(&self, stream: &StreamId, holders: &[NodeId]) -> Result<(), StoreError>;
+
+    /// The holders last recorded for `stream` by [`Store::set_holders`], in the order given;
+    /// empty if none were.
+    fn holders(&self, stream: &StreamId) -> Vec<NodeId>;
+
+    /// Increments the node's epoch counter and returns the new value, durably by the time it
+    /// returns `Ok` (without making any appended record durable). 1 on a new store; every value
+    /// returned is higher than any returned before, across reopens.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Disk`] if the write or the sync failed; the value was not handed out, and the
+    /// next call still returns a higher one than any before.
+    fn bump_epoch(&self) -> Result<u64, StoreError>;
+
+    /// Discards every record of `stream`, durable or not, and restarts it empty at `next_seq`:
+    /// afterwards its head and durable head are `next_seq - 1`, its first retained sequence
+    /// number is `next_seq`, and the next append must start at `next_seq` (records below it are
+    /// skipped as re-deliveries). Its next record fixes its column count afresh. A stream the
+    /// store does not hold yet is created empty. Durable by the time it returns `Ok`, without
+    /// making any other stream's appended records durable; the stream's holders stay.
+    ///
+    /// For a replica whose owner no longer retains what lies between the copy's head and
+    /// `next_seq`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::ResetSeq`] if `next_seq` is 0 or above [`HEAD_MAX`]` + 1` (nothing changes);
+    /// [`StoreError::Disk`] if the write or the sync failed, after which the stream may or may not
+    /// have been reset, and the reset may not survive a crash.
+    fn reset(&self, stream: &StreamId, next_seq: u64) -> Result<(), StoreError>;
 }
 
 /// What an append did.
@@ -125,7 +177,8 @@ pub struct StreamInfo {
     pub head: u64,
     /// The highest sequence number made durable.
     pub durable_head: u64,
-    /// Values per record.
+    /// Values per record; 0 also while a stream [`Store::reset`] emptied awaits the record that
+    /// fixes it.
     pub columns: usize,
     /// Approximate bytes the retained records take, and what the quota counts: for
     /// [`SledStore`], the keys and compressed blocks of flushed records (not sled's own overhead,

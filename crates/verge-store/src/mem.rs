@@ -4,11 +4,13 @@
 //! including the difference between appended and durable: `flush` only moves the durable head,
 //! and retention never drops what is not durable. It has nothing to lose on a crash, so it
 //! cannot show what a crash loses; the conformance suite's reopen test is for stores on disk.
+//! Holders and the epoch are kept beside the streams, each behind its own lock.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use verge_proto::{Record, StreamId};
+use verge_proto::{NodeId, Record, StreamId};
 
 use crate::plan::{self, Front};
 use crate::{
@@ -19,11 +21,14 @@ use crate::{
 #[derive(Debug, Default)]
 pub struct MemStore {
     streams: Mutex<BTreeMap<StreamId, MemStream>>,
+    holders: Mutex<BTreeMap<StreamId, Vec<NodeId>>>,
+    epoch: AtomicU64,
 }
 
 #[derive(Debug)]
 struct MemStream {
-    columns: usize,
+    /// `None` after a reset, until the next record fixes it.
+    columns: Option<usize>,
     /// Sequence number of `records[0]`.
     first_seq: u64,
     records: VecDeque<Record>,
@@ -38,7 +43,7 @@ impl MemStream {
     /// What a record costs as [`StreamInfo::bytes`] counts it here: its timestamp and values,
     /// uncompressed.
     fn record_bytes(&self) -> u64 {
-        8 * (1 + self.columns as u64)
+        8 * (1 + self.columns.unwrap_or(0) as u64)
     }
 
     fn bytes(&self) -> u64 {
@@ -84,7 +89,7 @@ impl Store for MemStore {
         let skip = plan::new_records(
             stream,
             head,
-            existing.map(|s| s.columns),
+            existing.and_then(|s| s.columns),
             first_seq,
             records,
         )?;
@@ -97,11 +102,12 @@ impl Store for MemStore {
             });
         };
         let s = streams.entry(stream.clone()).or_insert_with(|| MemStream {
-            columns: first.values.len(),
+            columns: None,
             first_seq: 1,
             records: VecDeque::new(),
             durable_head: 0,
         });
+        s.columns.get_or_insert(first.values.len());
         s.records.extend(fresh.iter().cloned());
         Ok(AppendOutcome {
             appended: fresh.len(),
@@ -157,7 +163,7 @@ impl Store for MemStore {
                 first_seq: s.first_seq,
                 head: s.head(),
                 durable_head: s.durable_head,
-                columns: s.columns,
+                columns: s.columns.unwrap_or(0),
                 bytes: s.bytes(),
             })
             .collect()
@@ -207,5 +213,42 @@ impl Store for MemStore {
         }
         report.bytes = bytes;
         Ok(report)
+    }
+
+    fn set_holders(&self, stream: &StreamId, holders: &[NodeId]) -> Result<(), StoreError> {
+        let mut all = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
+        if holders.is_empty() {
+            all.remove(stream);
+        } else {
+            all.insert(stream.clone(), holders.to_vec());
+        }
+        Ok(())
+    }
+
+    fn holders(&self, stream: &StreamId) -> Vec<NodeId> {
+        self.holders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(stream)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn bump_epoch(&self) -> Result<u64, StoreError> {
+        Ok(self.epoch.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    fn reset(&self, stream: &StreamId, next_seq: u64) -> Result<(), StoreError> {
+        plan::check_reset(stream, next_seq)?;
+        self.lock().insert(
+            stream.clone(),
+            MemStream {
+                columns: None,
+                first_seq: next_seq,
+                records: VecDeque::new(),
+                durable_head: next_seq - 1,
+            },
+        );
+        Ok(())
     }
 }

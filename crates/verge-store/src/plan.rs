@@ -4,7 +4,7 @@
 
 use verge_proto::{Record, StreamId, StreamKind};
 
-use crate::{COLUMNS_MAX, StoreError};
+use crate::{COLUMNS_MAX, HEAD_MAX, StoreError};
 
 /// Checks an append against the stream's `head` and `columns` (`None` for a new stream) and
 /// returns how many leading records are already stored and must be skipped.
@@ -51,6 +51,17 @@ pub(crate) fn new_records(
         }
     }
     Ok(skip)
+}
+
+/// Checks that a stream can be restarted at `next_seq`: its head becomes `next_seq - 1`.
+pub(crate) fn check_reset(stream: &StreamId, next_seq: u64) -> Result<(), StoreError> {
+    if next_seq == 0 || next_seq - 1 > HEAD_MAX {
+        return Err(StoreError::ResetSeq {
+            stream: stream.clone(),
+            next_seq,
+        });
+    }
+    Ok(())
 }
 
 /// The oldest record a stream can give up, as seen by the quota.

@@ -1,10 +1,11 @@
 //! [`SledStore`]: streams kept in sled under the node's data dir, in blocks compressed with the
 //! [`gorilla`](crate::gorilla) codec.
 //!
-//! **Layout.** One sled database in the store's directory, with a format marker in sled's default
-//! tree, a `streams` tree of per-stream metadata (columns, first retained sequence number, head,
-//! bytes) and a `blocks` tree of blocks keyed by (stream, first sequence number); the private
-//! `format` module has the bytes. A stream's blocks are contiguous: each starts where the
+//! **Layout.** One sled database in the store's directory, with a format marker and the node's
+//! epoch counter in sled's default tree, a `streams` tree of per-stream metadata (columns, first
+//! retained sequence number, head, bytes), a `blocks` tree of blocks keyed by (stream, first
+//! sequence number) and a `holders` tree of each stream's holders; the private `format` module
+//! has the bytes. A stream's blocks are contiguous: each starts where the
 //! previous one ends, from the first retained sequence number to the head.
 //!
 //! **Writes.** An append only copies records into the stream's pending buffer in memory. A flush
@@ -20,6 +21,9 @@
 //! cache, and it writes pages too big for the log to blob files it never syncs. That survives a
 //! killed process but not a power cut, so a flush here also fsyncs the log file and any new blob
 //! files itself.
+//!
+//! Holders, the epoch and resets are written to sled and synced the same way at once. That makes
+//! no appended record durable early: appends wait in memory, not in sled, until a flush.
 //!
 //! **Damage.** sled 0.34 has reports of corruption after unclean shutdown. Every block carries a
 //! checksum and is decoded defensively; a damaged block is a [`StoreError::Corrupt`] for reads
@@ -42,7 +46,7 @@ use std::{fmt, fs, io, panic};
 
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionResult, TransactionError};
-use verge_proto::{Record, StreamId};
+use verge_proto::{NodeId, Record, StreamId};
 
 use self::format::{Meta, Series, block_key, block_seq, stream_key};
 use crate::plan::{self, Front};
@@ -66,7 +70,12 @@ pub struct SledStore {
     db: sled::Db,
     blocks: sled::Tree,
     meta: sled::Tree,
+    holders_tree: sled::Tree,
     streams: Mutex<BTreeMap<StreamId, DiskStream>>,
+    /// As written to sled. Changed only while holding `streams`, so that the sync comes after.
+    holders: Mutex<BTreeMap<StreamId, Vec<NodeId>>>,
+    /// The epoch last written to sled. Taken only while holding `streams`.
+    epoch: Mutex<u64>,
     /// Taken only while holding `streams`.
     fsync: Mutex<Fsync>,
 }
@@ -83,7 +92,8 @@ impl fmt::Debug for SledStore {
 #[derive(Debug)]
 struct DiskStream {
     key: Vec<u8>,
-    /// As committed to sled; `meta.head` is the highest sequence number in a block.
+    /// As committed to sled, except that an append fixes `meta.columns` of a new or reset stream
+    /// before a flush commits it; `meta.head` is the highest sequence number in a block.
     meta: Meta,
     /// Highest sequence number synced to disk. Below `meta.head` only after a failed sync.
     durable: u64,
@@ -95,6 +105,12 @@ struct DiskStream {
 }
 
 impl DiskStream {
+    /// Values per record; 0 while a reset stream has none, so that any block found is a
+    /// mismatch.
+    fn columns(&self) -> usize {
+        self.meta.columns.unwrap_or(0)
+    }
+
     fn head(&self) -> u64 {
         self.meta.head + self.pending.len() as u64
     }
@@ -264,16 +280,38 @@ impl SledStore {
                     meta: m,
                     durable: m.head,
                     tail,
-                    pending: Series::new(m.columns),
+                    pending: Series::new(m.columns.unwrap_or(0)),
                 },
             );
         }
+        let holders_tree = db
+            .open_tree(format::HOLDERS_TREE)
+            .map_err(|e| engine("open the stream holders", e))?;
+        let mut holders = BTreeMap::new();
+        for item in holders_tree.iter() {
+            let (key, value) = item.map_err(|e| engine("read the stream holders", e))?;
+            let id = format::parse_stream_key(&key)
+                .map_err(|d| open_error(damaged(&format!("stream holders: {d}"))))?;
+            let ids = format::decode_holders(&value)
+                .map_err(|d| open_error(damaged(&format!("holders of stream {id}: {d}"))))?;
+            holders.insert(id, ids);
+        }
+        let epoch = db
+            .get(format::EPOCH_KEY)
+            .map_err(|e| engine("read the node's epoch", e))?
+            .map(|v| format::decode_epoch(&v))
+            .transpose()
+            .map_err(|d| open_error(damaged(&d)))?
+            .unwrap_or(0);
         Ok(Self {
             path: dir.to_owned(),
             db,
             blocks,
             meta,
+            holders_tree,
             streams: Mutex::new(streams),
+            holders: Mutex::new(holders),
+            epoch: Mutex::new(epoch),
             fsync: Mutex::new(fsync),
         })
     }
@@ -350,7 +388,7 @@ impl SledStore {
             .get(&key)
             .map_err(|e| self.read_error(stream, seq, e))?
             .ok_or_else(|| corrupt("the block is missing".to_owned()))?;
-        let series = Series::decode_block(&value, s.meta.columns).map_err(corrupt)?;
+        let series = Series::decode_block(&value, s.columns()).map_err(corrupt)?;
         Ok((series, (key.len() + value.len()) as u64))
     }
 
@@ -431,7 +469,7 @@ impl SledStore {
 
     /// Reads the stream's tail blocks as one series.
     fn read_tail(&self, id: &StreamId, s: &DiskStream) -> Result<Series, StoreError> {
-        let mut run = Series::new(s.meta.columns);
+        let mut run = Series::new(s.columns());
         for b in &s.tail {
             let (block, _) = self.load_block(id, s, b.first_seq)?;
             if block.len() != b.records {
@@ -555,7 +593,8 @@ fn recover_tail(blocks: &sled::Tree, key: &[u8], m: &Meta) -> Result<Vec<BlockRe
         let (k, v) = item.map_err(engine(next_end))?;
         let first_seq =
             block_seq(key, &k).ok_or((next_end, "a block key is malformed".to_owned()))?;
-        let block = Series::decode_block(&v, m.columns).map_err(|d| (first_seq, d))?;
+        let columns = m.columns.unwrap_or(0);
+        let block = Series::decode_block(&v, columns).map_err(|d| (first_seq, d))?;
         let end = first_seq.checked_add(block.len() as u64 - 1);
         if end != Some(next_end) {
             return Err((first_seq, format!("the block does not end at {next_end}")));
@@ -617,7 +656,7 @@ impl Store for SledStore {
         let skip = plan::new_records(
             stream,
             head,
-            existing.map(|s| s.meta.columns),
+            existing.and_then(|s| s.meta.columns),
             first_seq,
             records,
         )?;
@@ -629,22 +668,25 @@ impl Store for SledStore {
                 head,
             });
         };
-        let s = streams.entry(stream.clone()).or_insert_with(|| {
-            let columns = first.values.len();
-            DiskStream {
-                key: stream_key(stream),
-                meta: Meta {
-                    columns,
-                    first_seq: 1,
-                    head: 0,
-                    bytes: 0,
-                    front_ts_ms: None,
-                },
-                durable: 0,
-                tail: Vec::new(),
-                pending: Series::new(columns),
-            }
+        let s = streams.entry(stream.clone()).or_insert_with(|| DiskStream {
+            key: stream_key(stream),
+            meta: Meta {
+                columns: None,
+                first_seq: 1,
+                head: 0,
+                bytes: 0,
+                front_ts_ms: None,
+            },
+            durable: 0,
+            tail: Vec::new(),
+            pending: Series::new(0),
         });
+        if s.meta.columns.is_none() {
+            // A new stream, or one a reset emptied: nothing is pending or retained.
+            let columns = first.values.len();
+            s.meta.columns = Some(columns);
+            s.pending = Series::new(columns);
+        }
         for record in fresh {
             s.pending.push(record);
         }
@@ -674,7 +716,7 @@ impl Store for SledStore {
                 if let Some(s) = streams.get_mut(&id) {
                     s.meta = plan.meta;
                     s.tail = plan.tail;
-                    s.pending = Series::new(s.meta.columns);
+                    s.pending = Series::new(s.columns());
                 }
             }
         }
@@ -740,7 +782,7 @@ impl Store for SledStore {
                     ));
                 }
                 let block =
-                    Series::decode_block(&value, s.meta.columns).map_err(|d| corrupt(seq, d))?;
+                    Series::decode_block(&value, s.columns()).map_err(|d| corrupt(seq, d))?;
                 for (i, q) in (seq..).take(block.len()).enumerate() {
                     if (from..=to).contains(&q) {
                         out.push((q, block.record(i)));
@@ -773,7 +815,7 @@ impl Store for SledStore {
                 first_seq: s.meta.first_seq,
                 head: s.head(),
                 durable_head: s.durable,
-                columns: s.meta.columns,
+                columns: s.columns(),
                 bytes: s.meta.bytes,
             })
             .collect()
@@ -836,6 +878,93 @@ impl Store for SledStore {
             self.sync()?;
         }
         Ok(report)
+    }
+
+    fn set_holders(&self, stream: &StreamId, holders: &[NodeId]) -> Result<(), StoreError> {
+        let action = "record a stream's holders";
+        // Held for the sync, as every sync is.
+        let _streams = self.lock();
+        let key = stream_key(stream);
+        if holders.is_empty() {
+            self.holders_tree.remove(key)
+        } else {
+            self.holders_tree
+                .insert(key, format::encode_holders(holders))
+        }
+        .map_err(|e| self.disk(action, e))?;
+        {
+            let mut all = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
+            if holders.is_empty() {
+                all.remove(stream);
+            } else {
+                all.insert(stream.clone(), holders.to_vec());
+            }
+        }
+        self.sync()
+    }
+
+    fn holders(&self, stream: &StreamId) -> Vec<NodeId> {
+        self.holders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(stream)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn bump_epoch(&self) -> Result<u64, StoreError> {
+        let _streams = self.lock();
+        let mut epoch = self.epoch.lock().unwrap_or_else(PoisonError::into_inner);
+        // The value read on open is at most `u64::MAX / 2`: no restart count gets near overflow.
+        let next = epoch.saturating_add(1);
+        self.db
+            .insert(format::EPOCH_KEY, &format::encode_epoch(next)[..])
+            .map_err(|e| self.disk("increment the node's epoch", e))?;
+        // Written: even if the sync fails, the next call must go higher than what may survive.
+        *epoch = next;
+        drop(epoch);
+        self.sync()?;
+        Ok(next)
+    }
+
+    fn reset(&self, stream: &StreamId, next_seq: u64) -> Result<(), StoreError> {
+        plan::check_reset(stream, next_seq)?;
+        let action = "reset a stream";
+        let mut streams = self.lock();
+        let key = stream_key(stream);
+        let mut blocks = sled::Batch::default();
+        for item in self.blocks.scan_prefix(&key).keys() {
+            blocks.remove(item.map_err(|e| self.disk(action, e))?);
+        }
+        let meta = Meta {
+            columns: None,
+            first_seq: next_seq,
+            head: next_seq - 1,
+            bytes: 0,
+            front_ts_ms: None,
+        };
+        let mut meta_batch = sled::Batch::default();
+        meta_batch.insert(key.clone(), &meta.encode()[..]);
+        self.commit(&blocks, &meta_batch, action)?;
+
+        // Committed: memory follows sled whether or not the sync succeeds.
+        let durable = streams.get(stream).map_or(0, |s| s.durable);
+        streams.insert(
+            stream.clone(),
+            DiskStream {
+                key,
+                meta,
+                // Until a sync succeeds, the old durable head stands if it is lower.
+                durable: durable.min(meta.head),
+                tail: Vec::new(),
+                pending: Series::new(0),
+            },
+        );
+        self.sync()?;
+        if let Some(s) = streams.get_mut(stream) {
+            s.durable = meta.head;
+        }
+        Ok(())
     }
 }
 

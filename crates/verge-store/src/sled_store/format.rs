@@ -4,19 +4,74 @@
 
 use std::ops::Range;
 
-use verge_proto::{Record, StreamId};
+use verge_proto::{NodeId, Record, StreamId};
 
-use crate::{COLUMNS_MAX, gorilla};
+use crate::{COLUMNS_MAX, HEAD_MAX, gorilla};
 
 /// Key in sled's default tree that marks a directory as a Verge store, and its value: the
 /// layout version of the trees below.
 pub(super) const FORMAT_KEY: &[u8] = b"verge-store-format";
 pub(super) const FORMAT_VERSION: &[u8] = b"1";
 
+/// Key in sled's default tree of the node's epoch counter: [`encode_epoch`]. Missing until the
+/// first [`Store::bump_epoch`](crate::Store::bump_epoch), which makes it 1.
+pub(super) const EPOCH_KEY: &[u8] = b"verge-node-epoch";
+
 /// Tree of blocks: stream key ++ first sequence number (`u64` BE) → [`encode_block`].
 pub(super) const BLOCKS_TREE: &str = "blocks";
 /// Tree of stream metadata: stream key → [`Meta::encode`].
 pub(super) const STREAMS_TREE: &str = "streams";
+/// Tree of stream holders: stream key → [`encode_holders`]. A stream with no holders has no
+/// entry.
+pub(super) const HOLDERS_TREE: &str = "holders";
+
+/// The epoch counter's value: a `u64`, LE.
+pub(super) fn encode_epoch(epoch: u64) -> [u8; 8] {
+    epoch.to_le_bytes()
+}
+
+pub(super) fn decode_epoch(bytes: &[u8]) -> Result<u64, String> {
+    let word: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| format!("the epoch is {} bytes, not 8", bytes.len()))?;
+    let epoch = u64::from_le_bytes(word);
+    // Like a head, an epoch anywhere near `u64::MAX` is damage, not 2^63 restarts.
+    if epoch > u64::MAX / 2 {
+        return Err(format!("the epoch {epoch} is implausible"));
+    }
+    Ok(epoch)
+}
+
+const HOLDERS_VERSION: u8 = 1;
+
+/// A stream's holders: a layout version byte, then the node ids separated by `,` (which no node
+/// id holds).
+pub(super) fn encode_holders(holders: &[NodeId]) -> Vec<u8> {
+    let mut out = vec![HOLDERS_VERSION];
+    for (i, id) in holders.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(id.as_str().as_bytes());
+    }
+    out
+}
+
+pub(super) fn decode_holders(bytes: &[u8]) -> Result<Vec<NodeId>, String> {
+    let (&version, ids) = bytes
+        .split_first()
+        .ok_or_else(|| "the holders entry is empty".to_owned())?;
+    if version != HOLDERS_VERSION {
+        return Err(format!("holders layout {version} is not {HOLDERS_VERSION}"));
+    }
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let text = std::str::from_utf8(ids).map_err(|_| "the holders are not text".to_owned())?;
+    text.split(',')
+        .map(|id| id.parse().map_err(|e| format!("holder {id:?}: {e}")))
+        .collect()
+}
 
 /// A stream's key: its id as text, then a NUL. Ids hold no NUL, so no stream's key is a prefix of
 /// another's, and a stream's blocks sort together by sequence number.
@@ -50,8 +105,9 @@ pub(super) fn block_seq(stream_key: &[u8], key: &[u8]) -> Option<u64> {
 /// What the store keeps about a stream besides its blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Meta {
-    /// Values per record.
-    pub columns: usize,
+    /// Values per record; `None` after a reset until the next record fixes it (and then nothing
+    /// is retained).
+    pub columns: Option<usize>,
     /// First retained sequence number; `head + 1` when nothing is retained.
     pub first_seq: u64,
     /// Highest sequence number in a block.
@@ -63,16 +119,21 @@ pub(super) struct Meta {
     pub front_ts_ms: Option<i64>,
 }
 
-/// Layout version, columns (`u16`), first seq, head, bytes, front flag (`u8`), front ts: all LE.
+/// Layout version, columns (`u16`, [`COLUMNS_UNSET`] for `None`), first seq, head, bytes, front
+/// flag (`u8`), front ts: all LE.
 const META_BYTES: usize = 1 + 2 + 8 + 8 + 8 + 1 + 8;
 const META_VERSION: u8 = 1;
+/// The columns of a stream a reset emptied, not yet fixed again. Builds that predate reset refuse
+/// it as inconsistent metadata rather than misread it.
+const COLUMNS_UNSET: u16 = u16::MAX;
 
 impl Meta {
     pub(super) fn encode(&self) -> [u8; META_BYTES] {
         let mut out = [0; META_BYTES];
         out[0] = META_VERSION;
         // `columns` is at most COLUMNS_MAX, checked on append.
-        out[1..3].copy_from_slice(&(self.columns as u16).to_le_bytes());
+        let columns = self.columns.map_or(COLUMNS_UNSET, |c| c as u16);
+        out[1..3].copy_from_slice(&columns.to_le_bytes());
         out[3..11].copy_from_slice(&self.first_seq.to_le_bytes());
         out[11..19].copy_from_slice(&self.head.to_le_bytes());
         out[19..27].copy_from_slice(&self.bytes.to_le_bytes());
@@ -94,7 +155,10 @@ impl Meta {
             u64::from_le_bytes(word)
         };
         let meta = Meta {
-            columns: usize::from(u16::from_le_bytes([b[1], b[2]])),
+            columns: match u16::from_le_bytes([b[1], b[2]]) {
+                COLUMNS_UNSET => None,
+                c => Some(usize::from(c)),
+            },
             first_seq: u64_at(3),
             head: u64_at(11),
             bytes: u64_at(19),
@@ -106,8 +170,9 @@ impl Meta {
         };
         let retained = meta.first_seq <= meta.head;
         // A head anywhere near `u64::MAX` is damage, not 2^63 appends.
-        if meta.columns > COLUMNS_MAX
-            || meta.head > u64::MAX / 2
+        if meta.columns.unwrap_or(0) > COLUMNS_MAX
+            || (retained && meta.columns.is_none())
+            || meta.head > HEAD_MAX
             || meta.first_seq == 0
             || meta.first_seq > meta.head.saturating_add(1)
             || retained != meta.front_ts_ms.is_some()
@@ -229,7 +294,7 @@ mod tests {
     #[test]
     fn metadata_round_trips_and_damage_is_refused() {
         let meta = Meta {
-            columns: 4,
+            columns: Some(4),
             first_seq: 3,
             head: 9,
             bytes: 1234,
@@ -241,6 +306,35 @@ mod tests {
         let mut bad = bytes;
         bad[27] = 0; // says nothing retained while first_seq <= head
         assert!(Meta::decode(&bad).is_err());
+
+        let reset = Meta {
+            columns: None,
+            first_seq: 10,
+            head: 9,
+            bytes: 0,
+            front_ts_ms: None,
+        };
+        assert_eq!(Meta::decode(&reset.encode()), Ok(reset));
+        let mut bad = bytes;
+        bad[1..3].copy_from_slice(&COLUMNS_UNSET.to_le_bytes()); // records, but no columns
+        assert!(Meta::decode(&bad).is_err());
+    }
+
+    #[test]
+    fn holders_and_epoch_round_trip_and_damage_is_refused() {
+        let ids: Vec<NodeId> = ["b1", "main-st-3"]
+            .iter()
+            .map(|s| s.parse().expect("valid"))
+            .collect();
+        assert_eq!(decode_holders(&encode_holders(&ids)), Ok(ids));
+        assert_eq!(decode_holders(&encode_holders(&[])), Ok(Vec::new()));
+        assert!(decode_holders(b"").is_err());
+        assert!(decode_holders(b"\x02b1").is_err());
+        assert!(decode_holders(b"\x01b1,,b2").is_err());
+        assert!(decode_holders(b"\x01B1").is_err());
+        assert_eq!(decode_epoch(&encode_epoch(7)), Ok(7));
+        assert!(decode_epoch(&[1, 2, 3]).is_err());
+        assert!(decode_epoch(&u64::MAX.to_le_bytes()).is_err());
     }
 
     #[test]

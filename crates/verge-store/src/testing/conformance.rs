@@ -11,7 +11,7 @@
 //! }
 //! ```
 
-use verge_proto::{Record, StreamId, StreamKind};
+use verge_proto::{NodeId, Record, StreamId, StreamKind};
 
 use crate::{RetentionPolicy, Store, StoreError, StreamInfo};
 
@@ -19,7 +19,7 @@ use crate::{RetentionPolicy, Store, StoreError, StreamInfo};
 pub type Case = fn(&dyn Store);
 
 /// Every case that runs on a fresh store, by name.
-pub const ALL: [(&str, Case); 9] = [
+pub const ALL: [(&str, Case); 12] = [
     ("dense_sequence_numbers", dense_sequence_numbers),
     ("re_delivery_is_idempotent", re_delivery_is_idempotent),
     ("gaps_are_refused", gaps_are_refused),
@@ -32,6 +32,12 @@ pub const ALL: [(&str, Case); 9] = [
         quota_drops_raw_then_results_then_aggregates,
     ),
     ("shared_between_threads", shared_between_threads),
+    ("holders_are_kept_per_stream", holders_are_kept_per_stream),
+    ("epoch_strictly_increases", epoch_strictly_increases),
+    (
+        "reset_discards_and_restarts_at_next_seq",
+        reset_discards_and_restarts_at_next_seq,
+    ),
 ];
 
 /// A day after the Unix epoch, so ages can go back without going negative.
@@ -72,6 +78,12 @@ fn info(store: &dyn Store, id: &StreamId) -> StreamInfo {
         .into_iter()
         .find(|s| &s.id == id)
         .unwrap_or_else(|| panic!("{id} is not listed"))
+}
+
+fn nodes(ids: &[&str]) -> Vec<NodeId> {
+    ids.iter()
+        .map(|id| id.parse().expect("a valid node id"))
+        .collect()
 }
 
 fn seqs(read: &[(u64, Record)]) -> Vec<u64> {
@@ -404,17 +416,193 @@ pub fn shared_between_threads(store: &dyn Store) {
     }
 }
 
+/// Holders are recorded per stream, replaced as a whole, kept in the order given, for streams
+/// with or without records; recording them neither creates a stream nor makes appended records
+/// durable.
+pub fn holders_are_kept_per_stream(store: &dyn Store) {
+    let a = stream("b1/raw/a");
+    let b = stream("b1/results/b");
+    assert!(
+        store.holders(&a).is_empty(),
+        "no holders before any are set"
+    );
+    store
+        .set_holders(&a, &nodes(&["b3", "b2"]))
+        .expect("set holders of a stream with no records");
+    assert_eq!(store.holders(&a), nodes(&["b3", "b2"]));
+    assert!(store.holders(&b).is_empty(), "holders are per stream");
+    assert!(store.streams().is_empty(), "holders create no stream");
+    assert_eq!(store.head(&a), 0);
+
+    append(store, &b, 1, &records(T0, 3, 2));
+    store.flush().expect("flush");
+    append(store, &b, 4, &records(T0 + 3000, 2, 2));
+    store.set_holders(&b, &nodes(&["b2"])).expect("set holders");
+    assert_eq!(
+        (store.head(&b), store.durable_head(&b)),
+        (5, 3),
+        "recording holders makes no appended record durable"
+    );
+    store
+        .set_holders(&a, &nodes(&["b4", "b5", "b6"]))
+        .expect("replace holders");
+    assert_eq!(store.holders(&a), nodes(&["b4", "b5", "b6"]));
+    assert_eq!(store.holders(&b), nodes(&["b2"]));
+    store.set_holders(&b, &[]).expect("clear holders");
+    assert!(store.holders(&b).is_empty());
+    assert_eq!(store.holders(&a), nodes(&["b4", "b5", "b6"]));
+    assert_eq!(seqs(&read_all(store, &b)), vec![1, 2, 3, 4, 5]);
+    store.flush().expect("flush");
+    assert_eq!(store.durable_head(&b), 5);
+}
+
+/// The epoch counter starts at 1 and goes up by one per bump, without making appended records
+/// durable.
+pub fn epoch_strictly_increases(store: &dyn Store) {
+    let a = stream("b1/raw/a");
+    append(store, &a, 1, &records(T0, 2, 1));
+    let bumped: Vec<u64> = (0..3)
+        .map(|_| store.bump_epoch().expect("bump the epoch"))
+        .collect();
+    assert_eq!(bumped, vec![1, 2, 3]);
+    assert_eq!(
+        store.durable_head(&a),
+        0,
+        "bumping the epoch makes no appended record durable"
+    );
+}
+
+/// A reset drops every record of the stream, durable or pending, and restarts it empty at the
+/// given sequence number, durably; other streams are untouched.
+pub fn reset_discards_and_restarts_at_next_seq(store: &dyn Store) {
+    let a = stream("b1/raw/a");
+    let other = stream("b1/raw/other");
+    let rs = records(T0, 1500, 3);
+    append(store, &a, 1, &rs[..1200]);
+    store.flush().expect("flush");
+    append(store, &a, 1201, &rs[1200..]);
+    append(store, &other, 1, &rs[..10]);
+    store.set_holders(&a, &nodes(&["b2"])).expect("set holders");
+
+    store.reset(&a, 2000).expect("reset");
+    assert_eq!((store.head(&a), store.durable_head(&a)), (1999, 1999));
+    let listed = info(store, &a);
+    assert_eq!(
+        (listed.first_seq, listed.head, listed.durable_head),
+        (2000, 1999, 1999)
+    );
+    assert_eq!(listed.bytes, 0, "a reset stream holds no bytes");
+    assert!(read_all(store, &a).is_empty(), "a reset drops every record");
+    assert_eq!(
+        store.holders(&a),
+        nodes(&["b2"]),
+        "a reset keeps the holders"
+    );
+    assert_eq!(
+        (store.head(&other), store.durable_head(&other)),
+        (10, 0),
+        "a reset leaves other streams as they were, pending records included"
+    );
+
+    match store.append(&a, 2001, &rs[..1]) {
+        Err(StoreError::Gap {
+            head: 1999,
+            first_seq: 2001,
+            ..
+        }) => {}
+        other => panic!("after a reset to 2000, seq 2001 must be a gap, got {other:?}"),
+    }
+    let outcome = store.append(&a, 1, &rs[..5]).expect("old records");
+    assert_eq!(
+        (outcome.appended, outcome.skipped, outcome.head),
+        (0, 5, 1999),
+        "records below the restart are skipped"
+    );
+    let fresh = records(T0 + 5_000_000, 20, 3);
+    append(store, &a, 2000, &fresh[..15]);
+    store.flush().expect("flush");
+    append(store, &a, 2015, &fresh[15..]);
+    assert_eq!((store.head(&a), store.durable_head(&a)), (2019, 2014));
+    let read = read_all(store, &a);
+    assert_eq!(seqs(&read), (2000..=2019).collect::<Vec<_>>());
+    assert!(read.iter().map(|(_, r)| r).eq(fresh.iter()));
+    assert_eq!(info(store, &a).first_seq, 2000);
+
+    // Records reset away are gone for retention too: only the new ones count and go.
+    store.flush().expect("flush");
+    let report = store
+        .enforce(
+            &RetentionPolicy {
+                raw_ms: Some(0),
+                ..RetentionPolicy::default()
+            },
+            T0 + 10_000_000,
+        )
+        .expect("enforce");
+    assert_eq!(report.dropped(StreamKind::Raw).by_age, 20 + 10);
+    assert_eq!(info(store, &a).first_seq, 2020);
+
+    // A stream the store never held, reset: empty from there, and its first record fixes its
+    // columns.
+    let copy = stream("b2/results/copy");
+    store.reset(&copy, 500).expect("reset a new copy");
+    let listed = info(store, &copy);
+    assert_eq!(
+        (listed.first_seq, listed.head, listed.durable_head),
+        (500, 499, 499)
+    );
+    append(store, &copy, 500, &records(T0, 4, 5));
+    assert!(matches!(
+        store.append(&copy, 504, &records(T0, 1, 2)),
+        Err(StoreError::Columns {
+            expected: 5,
+            found: 2,
+            ..
+        })
+    ));
+    assert_eq!(info(store, &copy).columns, 5);
+
+    // A reset of records that were never flushed, back to where the stream began.
+    let pending = stream("b1/aggregates/p");
+    append(store, &pending, 1, &records(T0, 7, 1));
+    store.reset(&pending, 1).expect("reset");
+    assert_eq!((store.head(&pending), store.durable_head(&pending)), (0, 0));
+    assert!(read_all(store, &pending).is_empty());
+    append(store, &pending, 1, &records(T0 + 9000, 2, 1));
+    store.flush().expect("flush");
+    assert_eq!(
+        read_all(store, &pending),
+        vec![
+            (1, records(T0 + 9000, 1, 1).remove(0)),
+            (2, records(T0 + 10_000, 1, 1).remove(0)),
+        ]
+    );
+
+    for bad in [0, crate::HEAD_MAX + 2, u64::MAX] {
+        match store.reset(&copy, bad) {
+            Err(e @ StoreError::ResetSeq { .. }) => assert!(!e.is_retryable()),
+            other => panic!("a reset to seq {bad} must be refused, got {other:?}"),
+        }
+    }
+    assert_eq!(store.head(&copy), 503, "a refused reset changes nothing");
+}
+
 /// A store reopened after a crash (here: dropped without a flush) holds every record a flush
 /// made durable, unchanged, with its first retained sequence number and columns; records not
-/// flushed may be gone, and appends resume from the head with no gap and no reuse.
+/// flushed may be gone, and appends resume from the head with no gap and no reuse. Holders,
+/// the epoch and resets need no flush to survive, and the epoch keeps going up.
 pub fn reopen_keeps_what_was_flushed(open: &mut dyn FnMut() -> Box<dyn Store>) {
     let a = stream("b1/raw/a");
     let b = stream("b2/aggregates/b");
+    let c = stream("b3/results/c");
+    let fresh_copy = stream("b4/raw/copy");
     let rs = records(T0, 3000, 4);
-    let (durable, flushed_b) = {
+    let (durable, flushed_b, epoch) = {
         let store = open();
+        assert_eq!(store.bump_epoch().expect("bump the epoch"), 1);
         append(&*store, &a, 1, &rs[..1500]);
         append(&*store, &b, 1, &rs[..3]);
+        append(&*store, &c, 1, &rs[..50]);
         store.flush().expect("flush");
         let policy = RetentionPolicy {
             raw_ms: Some(100_000),
@@ -422,12 +610,30 @@ pub fn reopen_keeps_what_was_flushed(open: &mut dyn FnMut() -> Box<dyn Store>) {
         };
         store.enforce(&policy, T0 + 200_000).expect("enforce");
         append(&*store, &a, 1501, &rs[1500..1600]);
+        // None of these is followed by a flush.
+        store
+            .set_holders(&a, &nodes(&["b2", "b3"]))
+            .expect("set holders");
+        store
+            .set_holders(&fresh_copy, &nodes(&["b9"]))
+            .expect("set holders of a stream with no records");
+        assert_eq!(
+            store.durable_head(&a),
+            1500,
+            "recording holders makes no appended record durable"
+        );
+        store.reset(&c, 80).expect("reset");
+        store.reset(&fresh_copy, 7).expect("reset a new copy");
+        let epoch = store.bump_epoch().expect("bump the epoch");
+        assert_eq!(store.durable_head(&a), 1500);
         (
             read_all(&*store, &a)[..1400].to_vec(),
             read_all(&*store, &b),
+            epoch,
         )
     };
     assert_eq!(durable.first().map(|(s, _)| *s), Some(101));
+    assert_eq!(epoch, 2);
 
     let store = open();
     let head = store.head(&a);
@@ -441,6 +647,26 @@ pub fn reopen_keeps_what_was_flushed(open: &mut dyn FnMut() -> Box<dyn Store>) {
     assert_eq!(&read[..1400], &durable[..], "flushed records are intact");
     assert_eq!(info(&*store, &a).first_seq, 101);
     assert_eq!(read_all(&*store, &b), flushed_b);
+    assert_eq!(store.holders(&a), nodes(&["b2", "b3"]), "holders survive");
+    assert_eq!(store.holders(&fresh_copy), nodes(&["b9"]));
+    assert!(store.holders(&b).is_empty());
+    let reopened_epoch = store.bump_epoch().expect("bump the epoch");
+    assert!(
+        reopened_epoch > epoch,
+        "epoch {reopened_epoch} after a reopen is not above {epoch}"
+    );
+    for (id, next_seq) in [(&c, 80), (&fresh_copy, 7)] {
+        let listed = info(&*store, id);
+        assert_eq!(
+            (listed.first_seq, listed.head, listed.durable_head),
+            (next_seq, next_seq - 1, next_seq - 1),
+            "{id} stays reset"
+        );
+        assert!(read_all(&*store, id).is_empty(), "{id} stays empty");
+    }
+    // The reset streams' columns are fixed afresh, and survive once flushed.
+    append(&*store, &c, 80, &records(T0, 3, 2));
+    append(&*store, &fresh_copy, 7, &records(T0, 2, 6));
     assert!(matches!(
         store.append(&a, head + 1, &records(T0, 1, 2)),
         Err(StoreError::Columns { .. })
@@ -454,4 +680,14 @@ pub fn reopen_keeps_what_was_flushed(open: &mut dyn FnMut() -> Box<dyn Store>) {
     let read = read_all(&*store, &a);
     assert_eq!(seqs(&read), (101..=2000).collect::<Vec<_>>());
     assert!(read.iter().map(|(_, r)| r).eq(rs[100..2000].iter()));
+    assert_eq!(
+        read_all(&*store, &c),
+        (80..).zip(records(T0, 3, 2)).collect::<Vec<_>>()
+    );
+    assert_eq!(info(&*store, &fresh_copy).columns, 6);
+    assert_eq!(seqs(&read_all(&*store, &fresh_copy)), vec![7, 8]);
+    assert!(
+        store.bump_epoch().expect("bump the epoch") > reopened_epoch,
+        "the epoch keeps going up across reopens"
+    );
 }
