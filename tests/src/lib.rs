@@ -114,3 +114,12 @@ pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
     }
     cond()
 }
+
+/// Starts every node of `c` and waits until each sees all the others alive.
+pub async fn start_mesh(c: &mut LocalCluster) {
+    c.start_all().expect("start the nodes");
+    let all: Vec<usize> = (0..c.nodes.len()).collect();
+    c.wait_for_mesh(&all, Duration::from_secs(20))
+        .await
+        .expect("the mesh forms");
+}

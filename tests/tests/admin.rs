@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use verge_tests::{TEST_TIMEOUT, cluster, run_verge};
+use verge_tests::{TEST_TIMEOUT, cluster, run_verge, start_mesh};
 
 const EXIT_UNREACHABLE: i32 = 3;
 
@@ -10,58 +10,35 @@ const EXIT_UNREACHABLE: i32 = 3;
 async fn admin_endpoint_refuses_node_certificates_and_anonymous_clients() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let mut c = cluster(2);
-        c.start_all().expect("start");
-        c.wait_for_mesh(&[0, 1], Duration::from_secs(20))
-            .await
-            .expect("mesh forms");
+        start_mesh(&mut c).await;
         let endpoint = c.nodes[0].listen.to_string();
         let ca = c.ca_dir.join("ca.pem");
-        let ca = ca.to_str().expect("utf-8");
         let certs = c.root().join("certs");
-        let node_cert = certs.join("node-b2.pem");
-        let node_key = certs.join("node-b2.key");
-        let t = Duration::from_secs(20);
+        let node = (certs.join("node-b2.pem"), certs.join("node-b2.key"));
+        let path = |p: &std::path::Path| p.to_str().expect("utf-8").to_owned();
+        // `verge ctl` against b1, presenting `auth` (certificate, key) if given.
+        let ctl = |auth: Option<&(std::path::PathBuf, std::path::PathBuf)>, rest: &[&str]| {
+            let mut args = vec!["ctl".to_owned(), "--endpoint".into(), endpoint.clone()];
+            args.extend(["--ca".to_owned(), path(&ca)]);
+            if let Some((cert, key)) = auth {
+                args.extend(["--cert".to_owned(), path(cert), "--key".into(), path(key)]);
+            }
+            args.extend(rest.iter().map(|s| (*s).to_owned()));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_verge(&args, Duration::from_secs(20))
+        };
 
-        let out = run_verge(
-            &[
-                "ctl",
-                "--endpoint",
-                &endpoint,
-                "--ca",
-                ca,
-                "--cert",
-                node_cert.to_str().expect("utf-8"),
-                "--key",
-                node_key.to_str().expect("utf-8"),
-                "status",
-            ],
-            t,
-        );
+        let out = ctl(Some(&node), &["status"]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(EXIT_UNREACHABLE), "{err}");
         assert!(err.contains("admin certificate"), "{err}");
 
-        let out = run_verge(&["ctl", "--endpoint", &endpoint, "--ca", ca, "status"], t);
+        let out = ctl(None, &["status"]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(EXIT_UNREACHABLE), "{err}");
         assert!(err.contains("client certificate"), "{err}");
 
-        let out = run_verge(
-            &[
-                "ctl",
-                "--endpoint",
-                &endpoint,
-                "--ca",
-                ca,
-                "--cert",
-                c.admin_cert.0.to_str().expect("utf-8"),
-                "--key",
-                c.admin_cert.1.to_str().expect("utf-8"),
-                "status",
-                "--json",
-            ],
-            t,
-        );
+        let out = ctl(Some(&c.admin_cert), &["status", "--json"]);
         assert!(
             out.status.success(),
             "{}",
@@ -72,23 +49,7 @@ async fn admin_endpoint_refuses_node_certificates_and_anonymous_clients() {
         assert_eq!(status["peers_alive"], 1);
 
         // Fault injection is refused unless the node's config enables it.
-        let out = run_verge(
-            &[
-                "ctl",
-                "--endpoint",
-                &endpoint,
-                "--ca",
-                ca,
-                "--cert",
-                c.admin_cert.0.to_str().expect("utf-8"),
-                "--key",
-                c.admin_cert.1.to_str().expect("utf-8"),
-                "fault",
-                "--partition",
-                "b2",
-            ],
-            t,
-        );
+        let out = ctl(Some(&c.admin_cert), &["fault", "--partition", "b2"]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
         assert!(err.contains("fault injection is off"), "{err}");

@@ -10,7 +10,7 @@ use verge_net::{FramedSend, Net, NetConfig};
 use verge_pki::NodeTls;
 use verge_proto::FRAME_BYTES_MAX_DEFAULT;
 use verge_proto::peer::PeerMessage;
-use verge_tests::{TEST_TIMEOUT, cluster, http_get, metric, metric_sum};
+use verge_tests::{TEST_TIMEOUT, cluster, http_get, metric, metric_sum, start_mesh};
 
 const DATAGRAMS: usize = 10_000;
 const BAD_FRAMES: usize = 1_000;
@@ -53,10 +53,7 @@ fn bad_frame(rng: &mut impl Rng, i: usize) -> Vec<u8> {
 async fn random_datagrams_and_bad_frames_crash_nothing_and_are_counted() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let mut c = cluster(3);
-        c.start_all().expect("start");
-        c.wait_for_mesh(&[0, 1, 2], Duration::from_secs(20))
-            .await
-            .expect("mesh forms");
+        start_mesh(&mut c).await;
         let target = c.nodes[0].listen;
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
 

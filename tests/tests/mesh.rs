@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use verge_proto::NodeId;
 use verge_proto::admin::MemberState;
 use verge_sim::{ClusterSpec, LocalCluster};
-use verge_tests::{TEST_TIMEOUT, cluster, eventually, run_verge, verge_bin};
+use verge_tests::{TEST_TIMEOUT, cluster, eventually, run_verge, start_mesh, verge_bin};
 
 /// The bound for noticing a dead or returning peer.
 const DETECT: Duration = Duration::from_secs(3);
@@ -16,10 +16,7 @@ const DETECT: Duration = Duration::from_secs(3);
 async fn three_nodes_form_a_mesh_and_ctl_shows_three_alive() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let mut c = cluster(3);
-        c.start_all().expect("start");
-        c.wait_for_mesh(&[0, 1, 2], Duration::from_secs(20))
-            .await
-            .expect("mesh forms");
+        start_mesh(&mut c).await;
         let ca = c.ca_dir.join("ca.pem");
         for n in &c.nodes {
             let out = run_verge(
@@ -62,10 +59,7 @@ async fn three_nodes_form_a_mesh_and_ctl_shows_three_alive() {
 async fn a_killed_peer_is_down_within_3s_and_alive_again_within_3s_of_restart() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let mut c = cluster(3);
-        c.start_all().expect("start");
-        c.wait_for_mesh(&[0, 1, 2], Duration::from_secs(20))
-            .await
-            .expect("mesh forms");
+        start_mesh(&mut c).await;
         // Let the detectors learn the heartbeat rhythm, as they would in a real corridor.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let victim: NodeId = c.nodes[2].id.clone();
@@ -113,10 +107,7 @@ async fn a_killed_peer_is_down_within_3s_and_alive_again_within_3s_of_restart() 
 async fn a_node_with_a_certificate_from_another_ca_never_joins() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let mut c = cluster(3);
-        c.start_all().expect("start");
-        c.wait_for_mesh(&[0, 1, 2], Duration::from_secs(20))
-            .await
-            .expect("mesh forms");
+        start_mesh(&mut c).await;
 
         // An intruder with its own CA, pointed at the real nodes, claiming a real node's id.
         let mut spec = ClusterSpec::corridor(verge_bin(), 1);
@@ -177,10 +168,7 @@ async fn a_partition_through_the_fault_layer_and_its_heal() {
         let mut spec = ClusterSpec::corridor(verge_bin(), 3);
         spec.extra_config = "\n[faults]\nenabled = true\n".into();
         let mut c = LocalCluster::create(&spec).expect("layout");
-        c.start_all().expect("start");
-        c.wait_for_mesh(&[0, 1, 2], Duration::from_secs(20))
-            .await
-            .expect("mesh forms");
+        start_mesh(&mut c).await;
         let (b1, b2, b3) = (
             c.nodes[0].id.clone(),
             c.nodes[1].id.clone(),
