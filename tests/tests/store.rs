@@ -9,7 +9,9 @@ use std::time::Duration;
 use verge_proto::admin::IngestReading;
 use verge_proto::{Record, StreamId};
 use verge_sim::{ClusterSpec, LocalCluster};
-use verge_tests::{TEST_TIMEOUT, eventually, http_get, metric, metric_sum, run_verge, verge_bin};
+use verge_tests::{
+    TEST_TIMEOUT, eventually, http_get, metric, metric_sum, run_verge, start_mesh, verge_bin,
+};
 
 fn reading(sensor: &str, i: u64) -> IngestReading {
     IngestReading {
@@ -36,10 +38,7 @@ fn one_node(extra: &str) -> LocalCluster {
 async fn every_acknowledged_reading_survives_sigkill() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let mut c = one_node("");
-        c.start(0).expect("start");
-        c.wait_for_mesh(&[0], Duration::from_secs(20))
-            .await
-            .expect("up");
+        start_mesh(&mut c).await;
         let addr = c.nodes[0].listen;
         let admin = Arc::new(c.admin());
 
@@ -119,10 +118,7 @@ async fn every_acknowledged_reading_survives_sigkill() {
 async fn bad_readings_are_refused_and_counted() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let mut c = one_node("");
-        c.start(0).expect("start");
-        c.wait_for_mesh(&[0], Duration::from_secs(20))
-            .await
-            .expect("up");
+        start_mesh(&mut c).await;
         let addr = c.nodes[0].listen;
         let mut nan = reading("s0", 1);
         nan.record.values[2] = f64::NAN;
@@ -210,10 +206,7 @@ async fn a_synthetic_source_fills_streams_and_a_full_quota_drops_old_raw_reading
 async fn sigterm_flushes_and_exits_cleanly_and_streams_come_back() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let mut c = one_node("\n[sensors.synthetic]\nsensors = 3\nrate_per_s = 3000\n");
-        c.start(0).expect("start");
-        c.wait_for_mesh(&[0], Duration::from_secs(20))
-            .await
-            .expect("up");
+        start_mesh(&mut c).await;
         let addr = c.nodes[0].listen;
         let admin = c.admin();
         // Wait until every stream has flushed a good number of readings.

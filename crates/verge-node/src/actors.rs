@@ -489,7 +489,8 @@ fn set_faults(s: &Shared, partition: Vec<NodeId>, loss_ppm: u32) -> AdminRespons
 }
 
 /// Keeps one connection to `id` open and heartbeats over it, redialing with capped, jittered
-/// backoff whenever it fails or goes quiet.
+/// backoff whenever it fails or goes quiet. It runs for the life of the process: after shutdown
+/// closes the endpoint, dials fail at once and the task ends with the runtime.
 async fn dial_loop(s: Arc<Shared>, id: NodeId, addr: SocketAddr) {
     let mut backoff = DIAL_BACKOFF_MIN;
     let mut last_error: Option<String> = None;
@@ -513,9 +514,6 @@ async fn dial_loop(s: Arc<Shared>, id: NodeId, addr: SocketAddr) {
                     last_error = Some(text);
                 }
             }
-        }
-        if s.net.local_addr().is_err() {
-            return;
         }
         let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
         tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
