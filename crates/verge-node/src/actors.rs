@@ -4,7 +4,7 @@
 //! endpoint; it runs the accept loop and one dialer per peer as tokio tasks, because a connection's
 //! IO must not wait on the actor's mailbox, and reports what it hears to the membership actor.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,15 +13,18 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use quinn::Connection;
 use rand::Rng;
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use verge_net::{Accepted, CloseCode, FramedRecv, FramedSend, Net, NetError, authenticate};
 use verge_proto::NodeId;
 use verge_proto::admin::{AdminRequest, AdminResponse, MemberState, MemberView, NodeStatus};
 use verge_proto::peer::PeerMessage;
+use verge_proto::replication::ReplicationMessage;
 
 use crate::config::NodeConfig;
 use crate::membership::{DetectorConfig, Membership};
 use crate::metrics::Metrics;
+use crate::storage::{FromPeer, PeerLiveness};
 
 /// How often the membership table is re-evaluated.
 const TICK: Duration = Duration::from_millis(50);
@@ -49,12 +52,25 @@ pub struct GetMembers;
 #[rtype(result = "(u32, u32, u32)")]
 pub struct GetCounts;
 
+/// Asks the membership actor to report every peer going up (alive) or down to `to`, starting
+/// with the peers alive now.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct WatchLiveness {
+    /// Who hears it (the store actor, for replication).
+    pub to: Recipient<PeerLiveness>,
+}
+
 /// Owns the membership table; fed by heartbeats and its own clock.
 #[derive(Debug)]
 pub struct MembershipActor {
     table: Membership,
     origin: Instant,
     metrics: Metrics,
+    watcher: Option<Recipient<PeerLiveness>>,
+    /// Peers last reported up to the watcher. Suspect is not down: a peer stays up until the
+    /// detector says down.
+    reported_up: BTreeSet<NodeId>,
 }
 
 impl MembershipActor {
@@ -76,6 +92,22 @@ impl MembershipActor {
             table,
             origin: Instant::now(),
             metrics,
+            watcher: None,
+            reported_up: BTreeSet::new(),
+        }
+    }
+
+    fn report(&mut self, peer: &NodeId, up: bool) {
+        let changed = if up {
+            self.reported_up.insert(peer.clone())
+        } else {
+            self.reported_up.remove(peer)
+        };
+        if changed && let Some(w) = &self.watcher {
+            w.do_send(PeerLiveness {
+                peer: peer.clone(),
+                up,
+            });
         }
     }
 
@@ -83,7 +115,12 @@ impl MembershipActor {
         self.origin.elapsed()
     }
 
-    fn record(&self, tr: &crate::membership::Transition) {
+    fn record(&mut self, tr: &crate::membership::Transition) {
+        match tr.to {
+            MemberState::Alive => self.report(&tr.id, true),
+            MemberState::Down => self.report(&tr.id, false),
+            MemberState::Suspect => {}
+        }
         let silent = tr
             .silent_for
             .map(|d| format!("{:.1} s", d.as_secs_f64()))
@@ -120,6 +157,24 @@ impl Handler<Heard> for MembershipActor {
         let now = self.now();
         if let Some(tr) = self.table.heard(&msg.id, now, msg.rtt) {
             self.record(&tr);
+        }
+    }
+}
+
+impl Handler<WatchLiveness> for MembershipActor {
+    type Result = ();
+    fn handle(&mut self, msg: WatchLiveness, _: &mut Self::Context) {
+        self.watcher = Some(msg.to);
+        self.reported_up.clear();
+        let alive: Vec<NodeId> = self
+            .table
+            .view(self.now())
+            .into_iter()
+            .filter(|m| !m.is_self && m.state == MemberState::Alive)
+            .map(|m| m.id)
+            .collect();
+        for peer in alive {
+            self.report(&peer, true);
         }
     }
 }
@@ -180,6 +235,8 @@ impl Shared {
 #[derive(Debug)]
 pub struct NetworkActor {
     shared: Arc<Shared>,
+    /// Each peer's replication queue, handed to its dialer when the actor starts.
+    outboxes: BTreeMap<NodeId, mpsc::Receiver<ReplicationMessage>>,
 }
 
 impl NetworkActor {
@@ -189,6 +246,7 @@ impl NetworkActor {
         cfg: &NodeConfig,
         membership: Addr<MembershipActor>,
         store: Addr<crate::storage::StoreActor>,
+        outboxes: BTreeMap<NodeId, mpsc::Receiver<ReplicationMessage>>,
         metrics: Metrics,
         info: NodeInfo,
     ) -> Self {
@@ -207,6 +265,7 @@ impl NetworkActor {
         };
         Self {
             shared: Arc::new(shared),
+            outboxes,
         }
     }
 }
@@ -216,8 +275,11 @@ impl Actor for NetworkActor {
 
     fn started(&mut self, _: &mut Self::Context) {
         tokio::spawn(accept_loop(self.shared.clone()));
+        let mut outboxes = std::mem::take(&mut self.outboxes);
         for (id, addr) in &self.shared.peers {
-            tokio::spawn(dial_loop(self.shared.clone(), id.clone(), *addr));
+            // A peer without a queue (none is made only in tests) gets a closed one.
+            let rx = outboxes.remove(id).unwrap_or_else(|| mpsc::channel(1).1);
+            tokio::spawn(dial_loop(self.shared.clone(), id.clone(), *addr, rx));
         }
     }
 }
@@ -297,6 +359,13 @@ async fn serve_peer(s: Arc<Shared>, id: NodeId, conn: Connection) {
                     }
                     blob @ PeerMessage::Blob { .. } => Some(blob),
                     PeerMessage::Pong { .. } => None,
+                    PeerMessage::Replication(msg) => {
+                        s.store.do_send(FromPeer {
+                            from: id.clone(),
+                            msg,
+                        });
+                        None
+                    }
                 };
                 if let Some(reply) = reply {
                     if send.send(&reply).await.is_err() {
@@ -491,7 +560,15 @@ fn set_faults(s: &Shared, partition: Vec<NodeId>, loss_ppm: u32) -> AdminRespons
 /// Keeps one connection to `id` open and heartbeats over it, redialing with capped, jittered
 /// backoff whenever it fails or goes quiet. It runs for the life of the process: after shutdown
 /// closes the endpoint, dials fail at once and the task ends with the runtime.
-async fn dial_loop(s: Arc<Shared>, id: NodeId, addr: SocketAddr) {
+///
+/// The same connection carries this node's replication messages to the peer, from its queue
+/// `outbox`, on a stream of their own.
+async fn dial_loop(
+    s: Arc<Shared>,
+    id: NodeId,
+    addr: SocketAddr,
+    mut outbox: mpsc::Receiver<ReplicationMessage>,
+) {
     let mut backoff = DIAL_BACKOFF_MIN;
     let mut last_error: Option<String> = None;
     loop {
@@ -502,7 +579,11 @@ async fn dial_loop(s: Arc<Shared>, id: NodeId, addr: SocketAddr) {
                     info!(peer = %id, %addr, "connected to peer");
                 }
                 backoff = DIAL_BACKOFF_MIN;
-                let why = heartbeat(&s, &id, &conn).await;
+                let why = tokio::select! {
+                    why = heartbeat(&s, &id, &conn) => why,
+                    why = replicate(&s, &conn, &mut outbox) => why,
+                };
+                conn.close(CloseCode::Replaced.varint(), why.as_bytes());
                 debug!(peer = %id, "connection to peer ended: {why}");
             }
             Err(e) => {
@@ -519,6 +600,28 @@ async fn dial_loop(s: Arc<Shared>, id: NodeId, addr: SocketAddr) {
         tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
         backoff = (backoff * 2).min(DIAL_BACKOFF_MAX);
     }
+}
+
+/// Sends the replication messages queued for the peer over one stream of `conn`, in order;
+/// returns why it stopped. Nothing answers on this stream: replies come over the connection the
+/// peer dialed.
+async fn replicate(
+    s: &Arc<Shared>,
+    conn: &Connection,
+    outbox: &mut mpsc::Receiver<ReplicationMessage>,
+) -> String {
+    let (send, _recv) = match conn.open_bi().await {
+        Ok(pair) => pair,
+        Err(e) => return e.to_string(),
+    };
+    let mut send = FramedSend::new(send, s.frame_max());
+    while let Some(msg) = outbox.recv().await {
+        if let Err(e) = send.send(&PeerMessage::Replication(msg)).await {
+            return format!("replication stream: {e}");
+        }
+        s.metrics.frame_out();
+    }
+    "replication queue closed".to_owned()
 }
 
 /// Sends a ping every heartbeat and records each pong; returns why it stopped.

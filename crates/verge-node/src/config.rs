@@ -81,6 +81,72 @@ pub struct NodeConfig {
     /// Sensor sources feeding this node.
     #[serde(default)]
     pub sensors: SensorsSection,
+    /// Copies of this node's streams on its neighbours.
+    #[serde(default)]
+    pub replication: ReplicationSection,
+}
+
+/// What a node does when fewer than `write_quorum` holders of a stream are reachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShortfallMode {
+    /// Acknowledge at `min_replicas`, say so (`degraded`) and mark the stream under-replicated.
+    Degrade,
+    /// Hold acknowledgements (producers feel back-pressure) until `write_quorum` holders have
+    /// the readings.
+    Block,
+}
+
+/// Replication of this node's streams to its neighbours.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationSection {
+    /// Copies of each stream, this node's own included (R).
+    pub replicas: usize,
+    /// Holders with a reading on disk before its producer is told (W), this node included.
+    pub write_quorum: usize,
+    /// With a replica unreachable and `shortfall = "degrade"`: holders needed for a degraded
+    /// acknowledgement.
+    pub min_replicas: usize,
+    /// `degrade` or `block`, see [`ShortfallMode`].
+    pub shortfall: ShortfallMode,
+    /// A replica unreachable this long is replaced by another neighbour, which gets a full copy;
+    /// a shorter outage ends in a catch-up from its high-water mark. Milliseconds.
+    pub replace_after_ms: u64,
+    /// An unanswered replication message is sent again after this long, in milliseconds.
+    pub resend_after_ms: u64,
+}
+
+impl Default for ReplicationSection {
+    fn default() -> Self {
+        let d = verge_replica::OwnerConfig::default();
+        Self {
+            replicas: d.replicas,
+            write_quorum: d.write_quorum,
+            min_replicas: d.min_replicas,
+            shortfall: ShortfallMode::Degrade,
+            replace_after_ms: d.replace_after_ms,
+            resend_after_ms: d.resend_after_ms,
+        }
+    }
+}
+
+impl ReplicationSection {
+    /// The owner core's configuration.
+    pub fn owner_config(&self) -> verge_replica::OwnerConfig {
+        verge_replica::OwnerConfig {
+            replicas: self.replicas,
+            write_quorum: self.write_quorum,
+            min_replicas: self.min_replicas,
+            shortfall: match self.shortfall {
+                ShortfallMode::Degrade => verge_replica::Shortfall::Degrade,
+                ShortfallMode::Block => verge_replica::Shortfall::Block,
+            },
+            replace_after_ms: self.replace_after_ms,
+            resend_after_ms: self.resend_after_ms,
+            ..verge_replica::OwnerConfig::default()
+        }
+    }
 }
 
 /// Local storage tuning.
@@ -377,6 +443,21 @@ impl NodeConfig {
                 "must be between 0 and 10000000".into(),
             ));
         }
+        let r = &self.replication;
+        if r.shortfall == ShortfallMode::Block && r.write_quorum > self.peers.len() + 1 {
+            return Err(invalid(
+                "replication.write_quorum".into(),
+                format!(
+                    "with shortfall = \"block\", {} holders need {} peers and this node has {}: nothing would ever be acknowledged",
+                    r.write_quorum,
+                    r.write_quorum - 1,
+                    self.peers.len()
+                ),
+            ));
+        }
+        if let Err(e) = r.owner_config().validate() {
+            return Err(invalid("replication".into(), e.to_string()));
+        }
         let m = &self.membership;
         if m.heartbeat_ms == 0 {
             return Err(invalid(
@@ -456,6 +537,21 @@ relation = "downstream"
             (
                 text.replace("id = \"b2\"\naddr", "id = \"b1\"\naddr"),
                 "peers[0].id",
+            ),
+            (
+                format!("{text}[replication]\nreplicas = 2\nwrite_quorum = 3\n"),
+                "write_quorum (3) <= replicas (2)",
+            ),
+            (format!("{text}[replication]\nreplica = 2\n"), "replica"),
+            (
+                format!("{text}[replication]\nshortfall = \"maybe\"\n"),
+                "maybe",
+            ),
+            (
+                format!(
+                    "{text}[replication]\nreplicas = 3\nwrite_quorum = 3\nshortfall = \"block\"\n"
+                ),
+                "replication.write_quorum",
             ),
         ];
         for (bad, culprit) in cases {

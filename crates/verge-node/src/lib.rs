@@ -117,12 +117,21 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
     let membership = actors::MembershipActor::new(&cfg, listen, metrics.clone()).start();
     // The store blocks on fsync, so it gets a thread of its own.
     let store_arbiter = actix::Arbiter::new();
+    let (outboxes, outbox_rx) = storage::outboxes(cfg.peers.iter().map(|p| &p.id));
     let store = {
-        let (me, scfg, m) = (cfg.id.clone(), cfg.store.clone(), metrics.clone());
+        let (me, scfg, rcfg, m) = (
+            cfg.id.clone(),
+            cfg.store.clone(),
+            cfg.replication.clone(),
+            metrics.clone(),
+        );
         storage::StoreActor::start_in_arbiter(&store_arbiter.handle(), move |_| {
-            storage::StoreActor::new(store, me, scfg, m)
+            storage::StoreActor::new(store, me, scfg, rcfg, m, outboxes)
         })
     };
+    membership.do_send(actors::WatchLiveness {
+        to: store.clone().recipient(),
+    });
     if let Some(syn) = cfg.sensors.synthetic.clone() {
         storage::SensorActor::new(
             verge_traffic::SyntheticSource::new(syn),
@@ -136,6 +145,7 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
         &cfg,
         membership.clone(),
         store.clone(),
+        outbox_rx,
         metrics.clone(),
         actors::NodeInfo {
             id: cfg.id.clone(),

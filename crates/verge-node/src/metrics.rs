@@ -27,6 +27,11 @@ struct RetentionLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabel {
+    peer: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HandshakeLabel {
     direction: String,
     result: String,
@@ -48,6 +53,15 @@ pub struct Metrics {
     readings_rejected: Family<KindLabel, Counter>,
     store_flushes: Family<StateLabel, Counter>,
     retention_dropped: Family<RetentionLabel, Counter>,
+    repl_sent: Family<PeerLabel, Counter>,
+    repl_received: Family<PeerLabel, Counter>,
+    repl_lag: Family<PeerLabel, Gauge>,
+    repl_catchups: Family<StateLabel, Counter>,
+    repl_refused: Family<KindLabel, Counter>,
+    repl_dropped: Family<PeerLabel, Counter>,
+    under_replicated: Gauge,
+    recovering: Gauge,
+    acks: Family<StateLabel, Counter>,
     udp: Arc<std::sync::OnceLock<verge_net::FaultLayer>>,
 }
 
@@ -73,6 +87,60 @@ impl Metrics {
         let readings_rejected = Family::<KindLabel, Counter>::default();
         let store_flushes = Family::<StateLabel, Counter>::default();
         let retention_dropped = Family::<RetentionLabel, Counter>::default();
+        let repl_sent = Family::<PeerLabel, Counter>::default();
+        let repl_received = Family::<PeerLabel, Counter>::default();
+        let repl_lag = Family::<PeerLabel, Gauge>::default();
+        let repl_catchups = Family::<StateLabel, Counter>::default();
+        let repl_refused = Family::<KindLabel, Counter>::default();
+        let repl_dropped = Family::<PeerLabel, Counter>::default();
+        let under_replicated = Gauge::default();
+        let recovering = Gauge::default();
+        let acks = Family::<StateLabel, Counter>::default();
+        registry.register(
+            "replication_records_sent",
+            "Records of this node's streams sent to a replica, by replica (resends included)",
+            repl_sent.clone(),
+        );
+        registry.register(
+            "replication_records_received",
+            "Records of a neighbour's stream stored here as its replica, by owner",
+            repl_received.clone(),
+        );
+        registry.register(
+            "replication_lag_records",
+            "Records of this node's streams a replica does not yet hold durably, summed over streams, by replica",
+            repl_lag.clone(),
+        );
+        registry.register(
+            "replication_catchups",
+            "Replicas more than a window behind, by state (started, finished)",
+            repl_catchups.clone(),
+        );
+        registry.register(
+            "replication_refused",
+            "Replication messages refused as breaking the protocol, by kind",
+            repl_refused.clone(),
+        );
+        registry.register(
+            "replication_messages_dropped",
+            "Replication messages not sent because the peer's queue was full (resent later), by peer",
+            repl_dropped.clone(),
+        );
+        registry.register(
+            "streams_under_replicated",
+            "This node's streams with fewer live holders than replication.replicas",
+            under_replicated.clone(),
+        );
+        registry.register(
+            "streams_recovering",
+            "This node's streams still finding out what replicas hold after a restart",
+            recovering.clone(),
+        );
+        registry.register(
+            "readings_acknowledged",
+            "Readings acknowledged to producers, by quorum (full, degraded)",
+            acks.clone(),
+        );
         registry.register(
             "readings_stored",
             "Readings acknowledged durable to their producer",
@@ -143,6 +211,15 @@ impl Metrics {
             readings_rejected,
             store_flushes,
             retention_dropped,
+            repl_sent,
+            repl_received,
+            repl_lag,
+            repl_catchups,
+            repl_refused,
+            repl_dropped,
+            under_replicated,
+            recovering,
+            acks,
             udp: Arc::default(),
         }
     }
@@ -244,6 +321,65 @@ impl Metrics {
                     .inc_by(n);
             }
         }
+    }
+
+    /// `n` records were sent to replica `peer`.
+    pub fn replication_sent(&self, peer: &str, n: u64) {
+        self.repl_sent
+            .get_or_create(&PeerLabel { peer: peer.into() })
+            .inc_by(n);
+    }
+
+    /// `n` records of `owner`'s streams were stored here.
+    pub fn replication_received(&self, owner: &str, n: u64) {
+        self.repl_received
+            .get_or_create(&PeerLabel { peer: owner.into() })
+            .inc_by(n);
+    }
+
+    /// Replica `peer` lacks `lag` records, summed over this node's streams.
+    pub fn set_replication_lag(&self, peer: &str, lag: u64) {
+        self.repl_lag
+            .get_or_create(&PeerLabel { peer: peer.into() })
+            .set(lag as i64);
+    }
+
+    /// A catch-up started or finished.
+    pub fn replication_catchup(&self, started: bool) {
+        self.repl_catchups
+            .get_or_create(&StateLabel {
+                state: if started { "started" } else { "finished" }.into(),
+            })
+            .inc();
+    }
+
+    /// A replication message was refused for `kind`.
+    pub fn replication_refused(&self, kind: &str) {
+        self.repl_refused
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+
+    /// A replication message to `peer` was dropped.
+    pub fn replication_dropped(&self, peer: &str) {
+        self.repl_dropped
+            .get_or_create(&PeerLabel { peer: peer.into() })
+            .inc();
+    }
+
+    /// Streams under-replicated and recovering now.
+    pub fn set_stream_states(&self, under_replicated: usize, recovering: usize) {
+        self.under_replicated.set(under_replicated as i64);
+        self.recovering.set(recovering as i64);
+    }
+
+    /// `n` readings were acknowledged, with the full write quorum or degraded.
+    pub fn readings_acknowledged(&self, degraded: bool, n: u64) {
+        self.acks
+            .get_or_create(&StateLabel {
+                state: if degraded { "degraded" } else { "full" }.into(),
+            })
+            .inc_by(n);
     }
 
     /// The Prometheus text exposition, with the process's resident memory appended.

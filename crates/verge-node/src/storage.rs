@@ -1,48 +1,85 @@
 //! The node's storage actors.
 //!
-//! [`StoreActor`] owns the node's [`Store`] and runs on its own arbiter thread, because a flush is
-//! a blocking fsync. It assigns sequence numbers, group-commits (one flush per
-//! `store.flush_interval_ms` covers everything appended meanwhile) and answers each producer only
-//! after the flush that made its readings durable. [`SensorActor`] polls the configured sensor
-//! source and feeds it, holding back (not dropping) when the store falls behind.
+//! [`StoreActor`] owns the node's [`Store`] and the two replication cores of `verge-replica`
+//! (an [`Owner`] for the node's own streams, a [`Replica`] for the copies it keeps of its
+//! neighbours' streams), and runs on its own arbiter thread, because a flush is a blocking fsync.
+//! It is the cores' driver (see "Driving the cores" in `verge-replica`): it numbers a producer's
+//! readings with [`Owner::next_seq`], appends them, group-commits (one flush per
+//! `store.flush_interval_ms` covers everything appended meanwhile), feeds flush results, peer
+//! liveness, replication messages and timer ticks to the cores, and carries out what they return:
+//! reading records to send, storing copies, recording holders, answering producers. A producer is
+//! answered only when the owner core says `write_quorum` holders (or, degraded, `min_replicas`)
+//! have its readings on disk. Replication messages leave through one bounded queue per peer that
+//! the network actor drains into the connection it dialed to that peer; a message that does not
+//! fit is dropped and counted, and the owner core sends it again.
 //!
-//! Replication to neighbours joins here with the replication core; until then an acknowledgement
-//! means "durable on this node", and says so (`replicas: 1`).
+//! [`SensorActor`] polls the configured sensor source and feeds the store, holding back (not
+//! dropping) when the store falls behind.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
-use tokio::sync::oneshot;
-use tracing::{error, info, warn};
-use verge_proto::admin::{IngestAck, StreamView};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+use verge_proto::admin::{IngestAck, ReplicaView, StreamRole, StreamView};
+use verge_proto::replication::{Append, ReplicationMessage, ToOwner, ToReplica};
 use verge_proto::{NodeId, Record, StreamId, StreamKind};
+use verge_replica::{
+    AppendError, Owner, OwnerAction, OwnerEvent, Phase, ProtocolError, Replica, ReplicaAction,
+    ReplicaConfig, ReplicaEvent, StoredCopy, StoredStream,
+};
 use verge_store::{RetentionPolicy, Store, StoreError};
 use verge_traffic::{Reading, SyntheticSource};
 
-use crate::config::StoreSection;
+use crate::config::{ReplicationSection, StoreSection};
 use crate::metrics::Metrics;
 
-/// Readings one producer may have waiting for a flush before the store says "busy".
-const PENDING_READINGS_MAX: usize = 200_000;
+/// Readings appended and not yet acknowledged before the store says "busy".
+const PENDING_READINGS_MAX: usize = 400_000;
 /// Batches a sensor may have in flight to the store.
 const SENSOR_INFLIGHT_MAX: usize = 4;
 /// How often a sensor source is polled.
 const SENSOR_TICK: Duration = Duration::from_millis(10);
+/// How often replication gauges (lag, under-replicated streams) are refreshed.
+const GAUGE_INTERVAL: Duration = Duration::from_millis(500);
 /// The most records one query returns.
 pub const QUERY_LIMIT_MAX: u32 = 100_000;
+/// Replication messages queued for one peer before more are dropped (and later resent).
+pub const OUTBOX_MESSAGES_MAX: usize = 1024;
+
+/// One bounded queue of replication messages per peer, drained by the network actor.
+pub type Outboxes = Arc<BTreeMap<NodeId, mpsc::Sender<ReplicationMessage>>>;
+
+/// Makes the per-peer replication queues: the senders for the store actor, the receivers for
+/// the network actor's dialers.
+pub fn outboxes<'a>(
+    peers: impl IntoIterator<Item = &'a NodeId>,
+) -> (
+    Outboxes,
+    BTreeMap<NodeId, mpsc::Receiver<ReplicationMessage>>,
+) {
+    let mut tx = BTreeMap::new();
+    let mut rx = BTreeMap::new();
+    for p in peers {
+        let (t, r) = mpsc::channel(OUTBOX_MESSAGES_MAX);
+        tx.insert(p.clone(), t);
+        rx.insert(p.clone(), r);
+    }
+    (Arc::new(tx), rx)
+}
 
 /// What became of an ingest.
 #[derive(Debug, Clone, Default)]
 pub struct IngestResult {
-    /// Sequence numbers per stream, for what was stored durably.
+    /// Sequence numbers per stream, for what was acknowledged, with how many nodes hold it.
     pub acks: Vec<IngestAck>,
     /// Readings refused, with the reason.
     pub rejected: Vec<String>,
 }
 
-/// Stores readings of this node's own sensors; answered after they are durable.
+/// Stores readings of this node's own sensors; answered once they are replicated as configured.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<IngestResult, String>")]
 pub struct Ingest {
@@ -50,7 +87,7 @@ pub struct Ingest {
     pub readings: Vec<Reading>,
 }
 
-/// Flushes what is pending (answering its producers) and stops the actor.
+/// Flushes what is pending and stops the actor.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Shutdown;
@@ -60,7 +97,7 @@ pub struct Shutdown;
 #[rtype(result = "Vec<StreamView>")]
 pub struct ListStreams;
 
-/// Reads a range of a stream.
+/// Reads a range of a stream (own or copy).
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Vec<(u64, Record)>, String>")]
 pub struct ReadRange {
@@ -74,31 +111,96 @@ pub struct ReadRange {
     pub limit: u32,
 }
 
-type Waiter = (oneshot::Sender<Result<IngestResult, String>>, IngestResult);
+/// The membership table's verdict on a peer changed.
+#[derive(Debug, Message, Clone)]
+#[rtype(result = "()")]
+pub struct PeerLiveness {
+    /// The peer.
+    pub peer: NodeId,
+    /// Reachable (alive) or not (down).
+    pub up: bool,
+}
 
-/// Owns the store.
+/// A replication message from a peer; `from` is the node id of the connection's certificate.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct FromPeer {
+    /// The sender.
+    pub from: NodeId,
+    /// The message.
+    pub msg: ReplicationMessage,
+}
+
+/// A producer waiting for its readings to be acknowledged.
+#[derive(Debug)]
+struct Producer {
+    tx: oneshot::Sender<Result<IngestResult, String>>,
+    result: IngestResult,
+    /// Streams of `result.acks` not yet acknowledged.
+    remaining: usize,
+}
+
+/// The replication cores, rebuilt from the store whenever a store call fails.
+#[derive(Debug)]
+struct Cores {
+    owner: Owner,
+    replica: Replica,
+}
+
+/// Owns the store and drives the replication cores.
 #[derive(Debug)]
 pub struct StoreActor {
     store: Arc<dyn Store>,
     me: NodeId,
     cfg: StoreSection,
+    repl: ReplicationSection,
     metrics: Metrics,
-    /// Producers waiting for the next flush, with what they will be told.
-    waiting: Vec<Waiter>,
+    outboxes: Outboxes,
+    /// `None` while the cores cannot be built (the store refuses); retried every tick.
+    cores: Option<Cores>,
+    origin: Instant,
+    /// Peers the membership table sees as reachable, to feed a rebuilt core.
+    up: BTreeSet<NodeId>,
+    /// Streams appended to since the last flush.
+    dirty: BTreeSet<StreamId>,
+    producers: HashMap<u64, Producer>,
+    next_producer: u64,
+    /// Per stream: producers waiting, by the last sequence number they need acknowledged, with
+    /// the index of their ack in `result.acks`.
+    waiting: BTreeMap<StreamId, BTreeMap<u64, Vec<(u64, usize)>>>,
     waiting_readings: usize,
 }
 
 impl StoreActor {
-    /// A store actor for node `me`.
-    pub fn new(store: Arc<dyn Store>, me: NodeId, cfg: StoreSection, metrics: Metrics) -> Self {
+    /// A store actor for node `me`; replication messages go out through `outboxes`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        me: NodeId,
+        cfg: StoreSection,
+        repl: ReplicationSection,
+        metrics: Metrics,
+        outboxes: Outboxes,
+    ) -> Self {
         Self {
             store,
             me,
             cfg,
+            repl,
             metrics,
-            waiting: Vec::new(),
+            outboxes,
+            cores: None,
+            origin: Instant::now(),
+            up: BTreeSet::new(),
+            dirty: BTreeSet::new(),
+            producers: HashMap::new(),
+            next_producer: 0,
+            waiting: BTreeMap::new(),
             waiting_readings: 0,
         }
+    }
+
+    fn now(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
     }
 
     fn policy(&self) -> RetentionPolicy {
@@ -111,46 +213,404 @@ impl StoreActor {
         }
     }
 
+    /// Builds both cores from what the store holds, in a new epoch (step 1 of the driver).
+    fn build_cores(&mut self) -> Result<(), String> {
+        let epoch = self
+            .store
+            .bump_epoch()
+            .map_err(|e| format!("cannot advance the node's epoch: {e}"))?;
+        let infos = self.store.streams();
+        let mut own: BTreeMap<StreamId, StoredStream> = BTreeMap::new();
+        let mut copies = Vec::new();
+        for i in infos {
+            if i.id.owner == self.me {
+                let holders = self.store.holders(&i.id);
+                own.insert(
+                    i.id.clone(),
+                    StoredStream {
+                        stream: i.id,
+                        first_seq: i.first_seq,
+                        head: i.head,
+                        durable: i.durable_head,
+                        holders,
+                    },
+                );
+            } else {
+                copies.push(StoredCopy {
+                    stream: i.id,
+                    head: i.head,
+                    durable: i.durable_head,
+                });
+            }
+        }
+        // A stream whose first records reached a replica before this node's own disk has
+        // holders but no records here: it must recover too, or its numbers would be reused.
+        for id in self.store.streams_with_holders() {
+            if id.owner == self.me && !own.contains_key(&id) {
+                let holders = self.store.holders(&id);
+                own.insert(
+                    id.clone(),
+                    StoredStream {
+                        stream: id,
+                        first_seq: 1,
+                        head: 0,
+                        durable: 0,
+                        holders,
+                    },
+                );
+            }
+        }
+        let now = self.now();
+        let recovering = own.values().filter(|s| !s.holders.is_empty()).count();
+        let owner = Owner::new(
+            self.repl.owner_config(),
+            self.me.clone(),
+            epoch,
+            now,
+            own.into_values(),
+        )
+        .map_err(|e| format!("cannot start the owner role: {e}"))?;
+        let replica = Replica::new(ReplicaConfig::default(), copies)
+            .map_err(|e| format!("cannot start the replica role: {e}"))?;
+        info!(
+            epoch,
+            recovering,
+            copies = replica_count(&self.store, &self.me),
+            "replication started"
+        );
+        self.cores = Some(Cores { owner, replica });
+        let peers: Vec<NodeId> = self.up.iter().cloned().collect();
+        for peer in peers {
+            self.owner_event(OwnerEvent::PeerUp { peer });
+        }
+        Ok(())
+    }
+
+    /// Drops both cores and every waiting producer (told why), and builds the cores again from
+    /// the store (step 7 of the driver): a rebuilt owner recovers exactly as after a crash.
+    fn rebuild(&mut self, why: &str) {
+        error!("replication restarts from the store: {why}");
+        self.cores = None;
+        self.fail_producers(&format!("not acknowledged: {why}"));
+        if let Err(e) = self.build_cores() {
+            error!("{e}; retrying");
+        }
+    }
+
+    fn fail_producers(&mut self, message: &str) {
+        self.waiting.clear();
+        self.waiting_readings = 0;
+        for (_, p) in self.producers.drain() {
+            let _ = p.tx.send(Err(message.to_owned()));
+        }
+    }
+
+    fn owner_event(&mut self, event: OwnerEvent) {
+        let now = self.now();
+        let Some(cores) = self.cores.as_mut() else {
+            return;
+        };
+        let actions = cores.owner.handle(now, event);
+        self.owner_actions(actions);
+    }
+
+    fn replica_event(&mut self, event: ReplicaEvent) {
+        let Some(cores) = self.cores.as_mut() else {
+            return;
+        };
+        let actions = cores.replica.handle(event);
+        self.replica_actions(actions);
+    }
+
+    fn send(&self, to: &NodeId, msg: ReplicationMessage) {
+        let Some(outbox) = self.outboxes.get(to) else {
+            warn!(peer = %to, "no connection is configured to peer {to}; replication message dropped");
+            return;
+        };
+        if outbox.try_send(msg).is_err() {
+            self.metrics.replication_dropped(to.as_str());
+            debug!(peer = %to, "replication queue full; the message will be resent");
+        }
+    }
+
+    /// Reads `count` records of `stream` from `first_seq`, in order and without gaps.
+    fn read_run(
+        &self,
+        stream: &StreamId,
+        first_seq: u64,
+        count: u64,
+    ) -> Result<Vec<Record>, StoreError> {
+        let last = first_seq.saturating_add(count.saturating_sub(1));
+        let got = self.store.read(stream, first_seq, last, count as usize)?;
+        let mut records = Vec::with_capacity(got.len());
+        for (i, (seq, r)) in got.into_iter().enumerate() {
+            if seq != first_seq + i as u64 {
+                break;
+            }
+            records.push(r);
+        }
+        Ok(records)
+    }
+
+    /// Carries out an owner core's actions in order (step 6 of the driver).
+    fn owner_actions(&mut self, actions: Vec<OwnerAction>) {
+        for action in actions {
+            match action {
+                OwnerAction::PersistHolders { stream, holders } => {
+                    if let Err(e) = self.store.set_holders(&stream, &holders) {
+                        self.rebuild(&format!("recording the holders of {stream}: {e}"));
+                        return;
+                    }
+                }
+                OwnerAction::SendAppend {
+                    to,
+                    stream,
+                    epoch,
+                    first_seq,
+                    count,
+                    start_seq,
+                } => match self.read_run(&stream, first_seq, count) {
+                    Ok(records) if !records.is_empty() => {
+                        self.metrics
+                            .replication_sent(to.as_str(), records.len() as u64);
+                        let append = Append {
+                            stream,
+                            epoch,
+                            first_seq,
+                            start_seq,
+                            records,
+                        };
+                        self.send(&to, ToReplica::Append(append).into());
+                    }
+                    Ok(_) => debug!(%stream, first_seq, "nothing to send: records already dropped"),
+                    Err(e) => error!(%stream, first_seq, "cannot read records to replicate: {e}"),
+                },
+                OwnerAction::Send { to, msg } => self.send(&to, msg.into()),
+                OwnerAction::StoreRecovered {
+                    stream,
+                    first_seq,
+                    records,
+                } => {
+                    if let Err(e) = self.store.append(&stream, first_seq, &records) {
+                        self.rebuild(&format!("storing records of {stream} fetched back: {e}"));
+                        return;
+                    }
+                    self.dirty.insert(stream);
+                }
+                OwnerAction::Recovered {
+                    stream,
+                    head,
+                    fetched,
+                } => info!(%stream, head, fetched, "stream recovered; taking appends again"),
+                OwnerAction::AckProducer {
+                    stream,
+                    up_to,
+                    replicas,
+                    degraded,
+                } => self.ack_producers(&stream, up_to, replicas, degraded),
+                OwnerAction::MarkUnderReplicated { stream, live } => {
+                    warn!(%stream, live, wanted = self.repl.replicas, "stream is under-replicated");
+                }
+                OwnerAction::MarkReplicated { stream } => {
+                    info!(%stream, "stream is fully replicated again");
+                }
+                OwnerAction::ReplicaAdded { stream, replica } => {
+                    info!(%stream, %replica, "replica added");
+                }
+                OwnerAction::ReplicaRemoved { stream, replica } => {
+                    info!(%stream, %replica, "replica released");
+                }
+                OwnerAction::CatchingUp {
+                    stream,
+                    replica,
+                    from_seq,
+                    to_seq,
+                } => {
+                    self.metrics.replication_catchup(true);
+                    info!(%stream, %replica, from_seq, to_seq, behind = to_seq.saturating_sub(from_seq), "replica catching up");
+                }
+                OwnerAction::CaughtUp { stream, replica } => {
+                    self.metrics.replication_catchup(false);
+                    info!(%stream, %replica, "replica caught up");
+                }
+                OwnerAction::Refused { error } => self.refused(&error),
+            }
+        }
+    }
+
+    /// Carries out a replica core's actions in order.
+    fn replica_actions(&mut self, actions: Vec<ReplicaAction>) {
+        for action in actions {
+            match action {
+                ReplicaAction::Reset { stream, next_seq } => {
+                    warn!(%stream, next_seq, "the owner no longer retains what this copy lacks; the copy restarts");
+                    if let Err(e) = self.store.reset(&stream, next_seq) {
+                        self.rebuild(&format!("restarting the copy of {stream}: {e}"));
+                        return;
+                    }
+                }
+                ReplicaAction::Store {
+                    stream,
+                    first_seq,
+                    records,
+                } => match self.store.append(&stream, first_seq, &records) {
+                    Ok(_) => {
+                        self.metrics
+                            .replication_received(stream.owner.as_str(), records.len() as u64);
+                        self.dirty.insert(stream);
+                    }
+                    Err(e) => {
+                        self.rebuild(&format!("storing the copy of {stream}: {e}"));
+                        return;
+                    }
+                },
+                ReplicaAction::Send { to, msg } => self.send(&to, msg.into()),
+                ReplicaAction::SendFetched {
+                    to,
+                    stream,
+                    from_seq,
+                    count,
+                    head,
+                } => {
+                    let last = from_seq.saturating_add(u64::from(count).saturating_sub(1));
+                    match self.store.read(&stream, from_seq, last, count as usize) {
+                        Ok(got) => {
+                            let first_seq = got.first().map_or(from_seq, |(s, _)| *s);
+                            let records = got
+                                .into_iter()
+                                .enumerate()
+                                .take_while(|(i, (s, _))| *s == first_seq + *i as u64)
+                                .map(|(_, (_, r))| r)
+                                .collect();
+                            let reply = ToOwner::FetchReply {
+                                stream,
+                                first_seq,
+                                records,
+                                head,
+                            };
+                            self.send(&to, reply.into());
+                        }
+                        Err(e) => {
+                            error!(%stream, from_seq, "cannot read records an owner fetches back: {e}")
+                        }
+                    }
+                }
+                ReplicaAction::Refused { error } => self.refused(&error),
+            }
+        }
+    }
+
+    fn refused(&self, error: &ProtocolError) {
+        let kind = match error {
+            ProtocolError::NotOwner { .. } => "not_owner",
+            ProtocolError::NotMine { .. } => "not_mine",
+            ProtocolError::TooManyRecords { .. } => "too_many_records",
+            ProtocolError::ZeroSeq { .. } => "zero_seq",
+            ProtocolError::TooManyStreams { .. } => "too_many_streams",
+        };
+        self.metrics.replication_refused(kind);
+        warn!("refused a replication message: {error}");
+    }
+
+    fn ack_producers(&mut self, stream: &StreamId, up_to: u64, replicas: usize, degraded: bool) {
+        let Some(by_seq) = self.waiting.get_mut(stream) else {
+            return;
+        };
+        let rest = by_seq.split_off(&(up_to + 1));
+        let done = std::mem::replace(by_seq, rest);
+        if by_seq.is_empty() {
+            self.waiting.remove(stream);
+        }
+        for (_, list) in done {
+            for (id, idx) in list {
+                let Some(p) = self.producers.get_mut(&id) else {
+                    continue;
+                };
+                if let Some(ack) = p.result.acks.get_mut(idx) {
+                    ack.replicas = replicas as u32;
+                    ack.degraded = degraded;
+                    let n = ack.last_seq - ack.first_seq + 1;
+                    self.waiting_readings = self.waiting_readings.saturating_sub(n as usize);
+                    self.metrics.readings_stored(n);
+                    self.metrics.readings_acknowledged(degraded, n);
+                }
+                p.remaining = p.remaining.saturating_sub(1);
+                if p.remaining == 0
+                    && let Some(p) = self.producers.remove(&id)
+                {
+                    // A producer that went away no longer needs its answer.
+                    let _ = p.tx.send(Ok(p.result));
+                }
+            }
+        }
+    }
+
+    /// Group commit: one flush for everything appended since the last, then the cores hear how
+    /// far each touched stream is durable (step 3 of the driver).
     fn flush(&mut self) {
-        if self.waiting.is_empty() {
+        if self.dirty.is_empty() {
             return;
         }
-        let waiting = std::mem::take(&mut self.waiting);
-        self.waiting_readings = 0;
         match self.store.flush() {
             Ok(()) => {
                 self.metrics.store_flush(true);
-                for (tx, result) in waiting {
-                    let n: u64 = result
-                        .acks
-                        .iter()
-                        .map(|a| a.last_seq - a.first_seq + 1)
-                        .sum();
-                    self.metrics.readings_stored(n);
-                    // A producer that went away no longer needs its answer.
-                    let _ = tx.send(Ok(result));
+                let dirty = std::mem::take(&mut self.dirty);
+                for stream in dirty {
+                    let up_to = self.store.durable_head(&stream);
+                    if stream.owner == self.me {
+                        self.owner_event(OwnerEvent::LocalDurable { stream, up_to });
+                    } else {
+                        self.replica_event(ReplicaEvent::LocalDurable { stream, up_to });
+                    }
                 }
             }
             Err(e) => {
                 self.metrics.store_flush(false);
-                error!(
-                    "flushing the store failed; {} producers are told their readings are not stored: {e}",
-                    waiting.len()
-                );
-                for (tx, _) in waiting {
-                    let _ = tx.send(Err(format!("not durable: {e}")));
-                }
+                self.rebuild(&format!("flushing the store failed: {e}"));
             }
         }
+    }
+
+    fn tick(&mut self) {
+        if self.cores.is_none() {
+            if let Err(e) = self.build_cores() {
+                error!("{e}; retrying");
+            }
+            return;
+        }
+        self.owner_event(OwnerEvent::Tick);
+    }
+
+    fn refresh_gauges(&self) {
+        let Some(cores) = &self.cores else {
+            return;
+        };
+        let mut lag: BTreeMap<&str, u64> = BTreeMap::new();
+        let (mut under, mut recovering) = (0, 0);
+        let statuses = cores.owner.statuses();
+        for s in &statuses {
+            under += usize::from(s.under_replicated);
+            recovering += usize::from(s.phase == Phase::Recovering);
+            for r in &s.replicas {
+                *lag.entry(r.node.as_str()).or_default() += r.lag;
+            }
+        }
+        for peer in self.outboxes.keys() {
+            self.metrics
+                .set_replication_lag(peer.as_str(), lag.get(peer.as_str()).copied().unwrap_or(0));
+        }
+        self.metrics.set_stream_states(under, recovering);
     }
 
     fn enforce_retention(&mut self) {
         let now = now_ms();
         match self.store.enforce(&self.policy(), now) {
             Ok(report) => {
+                let mut dropped_any = false;
                 for kind in [StreamKind::Raw, StreamKind::Results, StreamKind::Aggregates] {
                     let d = report.dropped(kind);
                     if d.by_age > 0 || d.by_quota > 0 {
+                        dropped_any = true;
                         self.metrics
                             .retention_dropped(kind.as_str(), d.by_age, d.by_quota);
                         warn!(
@@ -165,10 +625,81 @@ impl StoreActor {
                 for damaged in &report.damaged {
                     error!("retention skipped damaged data: {damaged}");
                 }
+                if dropped_any {
+                    for info in self.store.streams() {
+                        if info.id.owner == self.me {
+                            self.owner_event(OwnerEvent::Retained {
+                                stream: info.id,
+                                first_seq: info.first_seq,
+                            });
+                        }
+                    }
+                }
             }
             Err(e) => error!("enforcing retention failed: {e}"),
         }
     }
+
+    fn append_own(
+        &mut self,
+        stream: &StreamId,
+        records: &[Record],
+        result: &mut IngestResult,
+    ) -> Option<u64> {
+        let now = self.now();
+        let cores = self.cores.as_mut()?;
+        let seq = match cores.owner.next_seq(stream) {
+            Ok(seq) => seq,
+            Err(e) => {
+                let kind = match e {
+                    AppendError::Recovering { .. } => "recovering",
+                    AppendError::Backpressure { .. } => "busy",
+                    _ => "store",
+                };
+                self.metrics.readings_rejected(kind, records.len() as u64);
+                result
+                    .rejected
+                    .push(format!("{} readings not stored: {e}", records.len()));
+                return None;
+            }
+        };
+        let outcome = match self.store.append(stream, seq, records) {
+            Ok(o) => o,
+            Err(e @ StoreError::Columns { .. }) => {
+                self.metrics
+                    .readings_rejected("columns", records.len() as u64);
+                result.rejected.push(e.to_string());
+                return None;
+            }
+            Err(e) => {
+                self.metrics
+                    .readings_rejected("store", records.len() as u64);
+                error!("appending to {stream} failed: {e}");
+                result.rejected.push(format!("{stream}: {e}"));
+                return None;
+            }
+        };
+        self.dirty.insert(stream.clone());
+        let appended = outcome.appended as u64;
+        match cores.owner.appended(now, stream, seq, appended) {
+            Ok(actions) => {
+                self.owner_actions(actions);
+                Some(seq)
+            }
+            Err(e) => {
+                // The store and the core disagree about the head: a bug, but not one to crash
+                // on. Rebuilding from the store makes them agree again.
+                self.rebuild(&format!(
+                    "the owner core refused an append to {stream}: {e}"
+                ));
+                None
+            }
+        }
+    }
+}
+
+fn replica_count(store: &Arc<dyn Store>, me: &NodeId) -> usize {
+    store.streams().iter().filter(|s| s.id.owner != *me).count()
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
@@ -182,10 +713,18 @@ impl Actor for StoreActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        if let Err(e) = self.build_cores() {
+            error!("{e}; retrying");
+        }
         ctx.run_interval(
             Duration::from_millis(self.cfg.flush_interval_ms),
             |act, _| act.flush(),
         );
+        ctx.run_interval(
+            Duration::from_millis((self.repl.resend_after_ms / 4).clamp(10, 250)),
+            |act, _| act.tick(),
+        );
+        ctx.run_interval(GAUGE_INTERVAL, |act, _| act.refresh_gauges());
         ctx.run_interval(
             Duration::from_millis(self.cfg.retention_interval_ms),
             |act, _| act.enforce_retention(),
@@ -196,10 +735,40 @@ impl Actor for StoreActor {
 impl Handler<Shutdown> for StoreActor {
     type Result = ();
     fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
-        // Whatever was appended gets its flush, and its producers their answer, before the
-        // process goes.
+        // Whatever was appended gets its flush before the process goes; producers still waiting
+        // for replicas are told their readings were not acknowledged.
         self.flush();
+        self.fail_producers("the node is shutting down before the readings were replicated");
         ctx.stop();
+    }
+}
+
+impl Handler<PeerLiveness> for StoreActor {
+    type Result = ();
+    fn handle(&mut self, msg: PeerLiveness, _: &mut Self::Context) {
+        if msg.up {
+            self.up.insert(msg.peer.clone());
+            self.owner_event(OwnerEvent::PeerUp { peer: msg.peer });
+        } else {
+            self.up.remove(&msg.peer);
+            self.owner_event(OwnerEvent::PeerDown { peer: msg.peer });
+        }
+    }
+}
+
+impl Handler<FromPeer> for StoreActor {
+    type Result = ();
+    fn handle(&mut self, msg: FromPeer, _: &mut Self::Context) {
+        match msg.msg {
+            ReplicationMessage::ToReplica(m) => self.replica_event(ReplicaEvent::Received {
+                from: msg.from,
+                msg: m,
+            }),
+            ReplicationMessage::ToOwner(m) => self.owner_event(OwnerEvent::Received {
+                from: msg.from,
+                msg: m,
+            }),
+        }
     }
 }
 
@@ -207,11 +776,24 @@ impl Handler<Ingest> for StoreActor {
     type Result = ResponseFuture<Result<IngestResult, String>>;
 
     fn handle(&mut self, msg: Ingest, _: &mut Self::Context) -> Self::Result {
+        if self.cores.is_none() {
+            self.metrics
+                .readings_rejected("store", msg.readings.len() as u64);
+            return Box::pin(async {
+                Err(
+                    "replication is not running (the store failed; see the node's log); retry"
+                        .to_owned(),
+                )
+            });
+        }
         if self.waiting_readings + msg.readings.len() > PENDING_READINGS_MAX {
             self.metrics
                 .readings_rejected("busy", msg.readings.len() as u64);
             return Box::pin(async {
-                Err("the store is busy: too many readings waiting for a flush; retry".to_owned())
+                Err(
+                    "the store is busy: too many readings waiting for acknowledgement; retry"
+                        .to_owned(),
+                )
             });
         }
         let mut result = IngestResult::default();
@@ -225,37 +807,50 @@ impl Handler<Ingest> for StoreActor {
                 }
             }
         }
-        let mut appended = 0;
+        let id = self.next_producer;
+        self.next_producer += 1;
+        let mut appended = Vec::new();
         for (stream, records) in by_stream {
-            let first_seq = self.store.head(&stream) + 1;
-            match self.store.append(&stream, first_seq, &records) {
-                Ok(outcome) => {
-                    appended += outcome.appended;
-                    result.acks.push(IngestAck {
-                        stream,
-                        first_seq,
-                        last_seq: outcome.head,
-                    });
-                }
-                Err(e @ StoreError::Columns { .. }) => {
-                    self.metrics
-                        .readings_rejected("columns", records.len() as u64);
-                    result.rejected.push(e.to_string());
-                }
-                Err(e) => {
-                    self.metrics
-                        .readings_rejected("store", records.len() as u64);
-                    error!("appending to {stream} failed: {e}");
-                    result.rejected.push(format!("{stream}: {e}"));
-                }
+            if let Some(first_seq) = self.append_own(&stream, &records, &mut result) {
+                let last_seq = self.store.head(&stream);
+                appended.push((stream, first_seq, last_seq));
             }
         }
         let (tx, rx) = oneshot::channel();
-        self.waiting_readings += appended;
-        self.waiting.push((tx, result));
+        for (stream, first_seq, last_seq) in appended {
+            let idx = result.acks.len();
+            self.waiting_readings += (last_seq + 1 - first_seq) as usize;
+            self.waiting
+                .entry(stream.clone())
+                .or_default()
+                .entry(last_seq)
+                .or_default()
+                .push((id, idx));
+            result.acks.push(IngestAck {
+                stream,
+                first_seq,
+                last_seq,
+                replicas: 0,
+                degraded: false,
+            });
+        }
+        let remaining = result.acks.len();
+        if remaining == 0 {
+            let _ = tx.send(Ok(result));
+        } else {
+            self.producers.insert(
+                id,
+                Producer {
+                    tx,
+                    result,
+                    remaining,
+                },
+            );
+        }
         Box::pin(async move {
-            rx.await
-                .unwrap_or_else(|_| Err("the store stopped before the flush".to_owned()))
+            rx.await.unwrap_or_else(|_| {
+                Err("the store stopped before the readings were acknowledged".to_owned())
+            })
         })
     }
 }
@@ -263,17 +858,45 @@ impl Handler<Ingest> for StoreActor {
 impl Handler<ListStreams> for StoreActor {
     type Result = MessageResult<ListStreams>;
     fn handle(&mut self, _: ListStreams, _: &mut Self::Context) -> Self::Result {
+        let owner = self.cores.as_ref().map(|c| &c.owner);
         MessageResult(
             self.store
                 .streams()
                 .into_iter()
-                .map(|s| StreamView {
-                    id: s.id,
-                    first_seq: s.first_seq,
-                    head: s.head,
-                    durable_head: s.durable_head,
-                    columns: s.columns as u32,
-                    bytes: s.bytes,
+                .map(|s| {
+                    let role = match owner.and_then(|o| o.status(&s.id)) {
+                        Some(st) => StreamRole::Owner {
+                            acked: st.acked,
+                            under_replicated: st.under_replicated,
+                            recovering: st.phase == Phase::Recovering,
+                            replicas: st
+                                .replicas
+                                .into_iter()
+                                .map(|r| ReplicaView {
+                                    node: r.node,
+                                    up: r.up,
+                                    hwm: r.durable,
+                                    lag: r.lag,
+                                })
+                                .collect(),
+                        },
+                        None if s.id.owner == self.me => StreamRole::Owner {
+                            acked: 0,
+                            under_replicated: false,
+                            recovering: true,
+                            replicas: Vec::new(),
+                        },
+                        None => StreamRole::Copy,
+                    };
+                    StreamView {
+                        id: s.id,
+                        first_seq: s.first_seq,
+                        head: s.head,
+                        durable_head: s.durable_head,
+                        columns: s.columns as u32,
+                        bytes: s.bytes,
+                        role,
+                    }
                 })
                 .collect(),
         )

@@ -63,6 +63,12 @@ pub struct IngestAck {
     pub first_seq: u64,
     /// Last sequence number assigned.
     pub last_seq: u64,
+    /// Nodes holding these readings durably when the acknowledgement was sent, this one
+    /// included.
+    pub replicas: u32,
+    /// Fewer than the configured write quorum held them: acknowledged at `min_replicas` because
+    /// a replica was unreachable (the stream is under-replicated until it catches up).
+    pub degraded: bool,
 }
 
 /// A stream as `verge ctl streams` shows it.
@@ -80,6 +86,39 @@ pub struct StreamView {
     pub columns: u32,
     /// Approximate bytes held.
     pub bytes: u64,
+    /// How this node holds the stream.
+    pub role: StreamRole,
+}
+
+/// Whether a node writes a stream or keeps a copy of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamRole {
+    /// This node owns the stream (its sensor is here) and replicates it.
+    Owner {
+        /// The highest sequence number acknowledged to producers.
+        acked: u64,
+        /// Fewer live holders than the configured replica count.
+        under_replicated: bool,
+        /// After a restart: finding out what the replicas hold; appends wait.
+        recovering: bool,
+        /// The current replicas, best-ranked first.
+        replicas: Vec<ReplicaView>,
+    },
+    /// This node keeps a copy of another node's stream.
+    Copy,
+}
+
+/// One replica of a stream, as its owner sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaView {
+    /// The replica node.
+    pub node: NodeId,
+    /// Whether the owner's membership table sees it as reachable.
+    pub up: bool,
+    /// Its durable high-water mark, as it last acknowledged.
+    pub hwm: u64,
+    /// How far `hwm` is behind the owner's head.
+    pub lag: u64,
 }
 
 /// A node's answer.

@@ -6,11 +6,13 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::replication::ReplicationMessage;
+
 /// The ALPN protocol id for node-to-node connections.
 pub const ALPN_PEER: &[u8] = b"verge/1";
 
 /// One message on a node-to-node stream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PeerMessage {
     /// A heartbeat. The receiver answers with a [`PeerMessage::Pong`] echoing `sent_us`, so the
     /// sender can measure the round trip on its own clock.
@@ -35,4 +37,7 @@ pub enum PeerMessage {
         /// The payload.
         payload: Bytes,
     },
+    /// A message of the replication protocol ([`crate::replication`]). A node sends these on the
+    /// connection it dialed to the receiver; nothing answers them on the same stream.
+    Replication(ReplicationMessage),
 }

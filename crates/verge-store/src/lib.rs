@@ -127,6 +127,11 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// empty if none were.
     fn holders(&self, stream: &StreamId) -> Vec<NodeId>;
 
+    /// Every stream with holders recorded, in stream id order, whether or not it has records (a
+    /// restarted owner must find a stream whose first records reached a replica before its own
+    /// disk).
+    fn streams_with_holders(&self) -> Vec<StreamId>;
+
     /// Increments the node's epoch counter and returns the new value, durably by the time it
     /// returns `Ok` (without making any appended record durable). 1 on a new store; every value
     /// returned is higher than any returned before, across reopens.

@@ -903,6 +903,15 @@ impl Store for SledStore {
         self.sync()
     }
 
+    fn streams_with_holders(&self) -> Vec<StreamId> {
+        self.holders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     fn holders(&self, stream: &StreamId) -> Vec<NodeId> {
         self.holders
             .lock()

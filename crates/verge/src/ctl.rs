@@ -214,34 +214,87 @@ fn print_status(s: &NodeStatus, json: bool) -> anyhow::Result<()> {
 }
 
 fn print_streams(streams: &[verge_proto::admin::StreamView], json: bool) -> anyhow::Result<()> {
+    use verge_proto::admin::StreamRole;
     if json {
         let rows: Vec<serde_json::Value> = streams
             .iter()
             .map(|s| {
-                serde_json::json!({
+                let mut row = serde_json::json!({
                     "stream": s.id.to_string(),
                     "first_seq": s.first_seq,
                     "head": s.head,
                     "durable_head": s.durable_head,
                     "columns": s.columns,
                     "bytes": s.bytes,
-                })
+                });
+                match &s.role {
+                    StreamRole::Owner {
+                        acked,
+                        under_replicated,
+                        recovering,
+                        replicas,
+                    } => {
+                        row["role"] = "owner".into();
+                        row["acked"] = (*acked).into();
+                        row["under_replicated"] = (*under_replicated).into();
+                        row["recovering"] = (*recovering).into();
+                        row["replicas"] = replicas
+                            .iter()
+                            .map(|r| {
+                                serde_json::json!({
+                                    "node": r.node.as_str(),
+                                    "up": r.up,
+                                    "hwm": r.hwm,
+                                    "lag": r.lag,
+                                })
+                            })
+                            .collect();
+                    }
+                    StreamRole::Copy => row["role"] = "copy".into(),
+                }
+                row
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         println!(
-            "{:<32} {:>10} {:>10} {:>12} {:>10}",
-            "STREAM", "FIRST", "HEAD", "DURABLE", "BYTES"
+            "{:<32} {:<6} {:>10} {:>10} {:>10} {:>10}  REPLICAS (node:hwm lag)",
+            "STREAM", "ROLE", "FIRST", "HEAD", "DURABLE", "BYTES"
         );
         for s in streams {
+            let (role, replicas) = match &s.role {
+                StreamRole::Owner {
+                    under_replicated,
+                    recovering,
+                    replicas,
+                    ..
+                } => {
+                    let mut text: Vec<String> = replicas
+                        .iter()
+                        .map(|r| {
+                            let down = if r.up { "" } else { " DOWN" };
+                            format!("{}:{} lag {}{down}", r.node, r.hwm, r.lag)
+                        })
+                        .collect();
+                    if *under_replicated {
+                        text.push("UNDER-REPLICATED".into());
+                    }
+                    if *recovering {
+                        text.push("RECOVERING".into());
+                    }
+                    ("owner", text.join(", "))
+                }
+                StreamRole::Copy => ("copy", String::new()),
+            };
             println!(
-                "{:<32} {:>10} {:>10} {:>12} {:>10}",
+                "{:<32} {:<6} {:>10} {:>10} {:>10} {:>10}  {}",
                 s.id.to_string(),
+                role,
                 s.first_seq,
                 s.head,
                 s.durable_head,
-                s.bytes
+                s.bytes,
+                replicas
             );
         }
     }

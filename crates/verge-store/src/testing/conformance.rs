@@ -448,7 +448,13 @@ pub fn holders_are_kept_per_stream(store: &dyn Store) {
         .expect("replace holders");
     assert_eq!(store.holders(&a), nodes(&["b4", "b5", "b6"]));
     assert_eq!(store.holders(&b), nodes(&["b2"]));
+    assert_eq!(
+        store.streams_with_holders(),
+        vec![a.clone(), b.clone()],
+        "streams with holders are listed, with records or without"
+    );
     store.set_holders(&b, &[]).expect("clear holders");
+    assert_eq!(store.streams_with_holders(), vec![a.clone()]);
     assert!(store.holders(&b).is_empty());
     assert_eq!(store.holders(&a), nodes(&["b4", "b5", "b6"]));
     assert_eq!(seqs(&read_all(store, &b)), vec![1, 2, 3, 4, 5]);
