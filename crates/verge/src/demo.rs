@@ -1,12 +1,14 @@
-//! `verge demo`: a local cluster on 127.0.0.1, certificates made on the fly, its membership shown
-//! while it runs, and a clean stop on Ctrl-C or after `--duration`.
+//! `verge demo`: a local cluster on 127.0.0.1, certificates made on the fly, each node fed by a
+//! synthetic sensor source and replicating its streams to a neighbour; membership, stored
+//! readings and replication lag shown while it runs, and a clean stop on Ctrl-C or after
+//! `--duration`.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use verge_proto::admin::MemberState;
+use verge_proto::admin::{MemberState, StreamRole};
 use verge_sim::{ClusterSpec, LocalCluster};
 
 #[derive(Debug, Args)]
@@ -27,12 +29,42 @@ pub struct DemoArgs {
 const FORM_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often progress is printed.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Every demo node's sensors: 8 detectors, 1,000 readings/s in all, with demand peaks.
+const DEMO_SENSORS: &str = "
+[sensors.synthetic]
+sensors = 8
+rate_per_s = 1000
+pattern = { kind = \"peaks\", period_s = 60.0, amplitude = 0.5 }
+";
+
+/// One node's streams, summed: readings it owns, readings it keeps for neighbours, and the most
+/// any replica of its own streams lags behind.
+async fn stream_summary(cluster: &LocalCluster, i: usize) -> Option<(u64, u64, u64)> {
+    let streams = cluster
+        .admin()
+        .streams(cluster.nodes[i].listen)
+        .await
+        .ok()?;
+    let (mut own, mut copies, mut lag) = (0, 0, 0);
+    for s in streams {
+        let held = (s.head + 1).saturating_sub(s.first_seq);
+        match s.role {
+            StreamRole::Owner { replicas, .. } => {
+                own += held;
+                lag = replicas.iter().map(|r| r.lag).fold(lag, u64::max);
+            }
+            StreamRole::Copy => copies += held,
+        }
+    }
+    Some((own, copies, lag))
+}
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let bin = std::env::current_exe().context("cannot find the verge binary")?;
     let mut spec = ClusterSpec::corridor(bin, usize::from(args.nodes));
     spec.cluster = "demo".into();
     spec.keep_dir = args.keep;
+    spec.extra_config = DEMO_SENSORS.into();
     let mut cluster = LocalCluster::create(&spec)?;
     println!(
         "verge demo: {} nodes on 127.0.0.1, cluster CA and certificates in {}",
@@ -94,12 +126,27 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                     }
                     Err(_) => "unreachable".into(),
                 };
-                line.push_str(&format!("  {}: {alive} alive", n.id));
+                let stored = match stream_summary(&cluster, i).await {
+                    Some((own, copies, lag)) => {
+                        format!(", {own} readings, {copies} kept for neighbours, lag {lag}")
+                    }
+                    None => String::new(),
+                };
+                line.push_str(&format!("\n  {}: {alive} alive{stored}", n.id));
             }
             println!("{line}");
         }
     }
 
+    println!("\nstreams at the end:");
+    for (i, n) in cluster.nodes.iter().enumerate() {
+        if let Some((own, copies, lag)) = stream_summary(&cluster, i).await {
+            println!(
+                "  {}: {own} readings of its own sensors (largest replica lag {lag}), {copies} readings kept for neighbours",
+                n.id
+            );
+        }
+    }
     let mut clean = true;
     for i in 0..cluster.nodes.len() {
         let code = cluster.terminate(i, Duration::from_secs(5))?;
