@@ -44,6 +44,8 @@ const SENSOR_INFLIGHT_MAX: usize = 4;
 const SENSOR_TICK: Duration = Duration::from_millis(10);
 /// How often replication gauges (lag, under-replicated streams) are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_millis(500);
+/// How often catch-up progress is logged, in milliseconds.
+const CATCHUP_LOG_EVERY_MS: u64 = 2_000;
 /// The most records one query returns.
 pub const QUERY_LIMIT_MAX: u32 = 100_000;
 /// Replication messages queued for one peer before more are dropped (and later resent).
@@ -169,6 +171,11 @@ pub struct StoreActor {
     /// the index of their ack in `result.acks`.
     waiting: BTreeMap<StreamId, BTreeMap<u64, Vec<(u64, usize)>>>,
     waiting_readings: usize,
+    /// Catch-up progress: when it was last logged, and each catching-up replica's lag then.
+    progress_logged_ms: u64,
+    catchup_lag: BTreeMap<NodeId, (u64, u64)>,
+    /// Counts rebuilds of the cores; an ingest that saw one must not wait on the new cores.
+    generation: u64,
 }
 
 impl StoreActor {
@@ -196,6 +203,9 @@ impl StoreActor {
             next_producer: 0,
             waiting: BTreeMap::new(),
             waiting_readings: 0,
+            progress_logged_ms: 0,
+            catchup_lag: BTreeMap::new(),
+            generation: 0,
         }
     }
 
@@ -290,6 +300,7 @@ impl StoreActor {
     /// the store (step 7 of the driver): a rebuilt owner recovers exactly as after a crash.
     fn rebuild(&mut self, why: &str) {
         error!("replication restarts from the store: {why}");
+        self.generation += 1;
         self.cores = None;
         self.fail_producers(&format!("not acknowledged: {why}"));
         if let Err(e) = self.build_cores() {
@@ -581,10 +592,11 @@ impl StoreActor {
         self.owner_event(OwnerEvent::Tick);
     }
 
-    fn refresh_gauges(&self) {
+    fn refresh_gauges(&mut self) {
         let Some(cores) = &self.cores else {
             return;
         };
+        let mut catching_up: BTreeMap<NodeId, u64> = BTreeMap::new();
         let mut lag: BTreeMap<&str, u64> = BTreeMap::new();
         let (mut under, mut recovering) = (0, 0);
         let statuses = cores.owner.statuses();
@@ -593,6 +605,9 @@ impl StoreActor {
             recovering += usize::from(s.phase == Phase::Recovering);
             for r in &s.replicas {
                 *lag.entry(r.node.as_str()).or_default() += r.lag;
+                if r.up && !r.in_step {
+                    *catching_up.entry(r.node.clone()).or_default() += r.lag;
+                }
             }
         }
         for peer in self.outboxes.keys() {
@@ -600,6 +615,29 @@ impl StoreActor {
                 .set_replication_lag(peer.as_str(), lag.get(peer.as_str()).copied().unwrap_or(0));
         }
         self.metrics.set_stream_states(under, recovering);
+        // Catch-up progress, every few seconds while a reachable replica is behind.
+        let now = self.now();
+        if !catching_up.is_empty() && now >= self.progress_logged_ms + CATCHUP_LOG_EVERY_MS {
+            for (peer, behind) in &catching_up {
+                let rate = self.catchup_lag.get(peer).map(|(was, at)| {
+                    let secs = (now.saturating_sub(*at)) as f64 / 1000.0;
+                    was.saturating_sub(*behind) as f64 / secs.max(0.001)
+                });
+                match rate {
+                    Some(rate) => {
+                        info!(replica = %peer, behind, rate_per_s = rate as u64, "catch-up in progress")
+                    }
+                    None => info!(replica = %peer, behind, "catch-up in progress"),
+                }
+            }
+            self.catchup_lag = catching_up
+                .into_iter()
+                .map(|(p, b)| (p, (b, now)))
+                .collect();
+            self.progress_logged_ms = now;
+        } else if catching_up.is_empty() {
+            self.catchup_lag.clear();
+        }
     }
 
     fn enforce_retention(&mut self) {
@@ -809,11 +847,19 @@ impl Handler<Ingest> for StoreActor {
         }
         let id = self.next_producer;
         self.next_producer += 1;
+        let generation = self.generation;
         let mut appended = Vec::new();
         for (stream, records) in by_stream {
             if let Some(first_seq) = self.append_own(&stream, &records, &mut result) {
                 let last_seq = self.store.head(&stream);
                 appended.push((stream, first_seq, last_seq));
+            }
+            if self.generation != generation {
+                // The cores were rebuilt from the store: what was appended is not acknowledged
+                // by them, so this producer must not wait for them.
+                return Box::pin(async {
+                    Err("not acknowledged: the store failed while appending (see the node's log); retry".to_owned())
+                });
             }
         }
         let (tx, rx) = oneshot::channel();
