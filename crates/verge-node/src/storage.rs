@@ -174,6 +174,8 @@ pub struct StoreActor {
     /// Catch-up progress: when it was last logged, and each catching-up replica's lag then.
     progress_logged_ms: u64,
     catchup_lag: BTreeMap<NodeId, (u64, u64)>,
+    /// (stream, replica) pairs announced as catching up and not yet caught up.
+    catching_up: BTreeSet<(StreamId, NodeId)>,
     /// Counts rebuilds of the cores; an ingest that saw one must not wait on the new cores.
     generation: u64,
 }
@@ -206,6 +208,7 @@ impl StoreActor {
             progress_logged_ms: 0,
             catchup_lag: BTreeMap::new(),
             generation: 0,
+            catching_up: BTreeSet::new(),
         }
     }
 
@@ -437,12 +440,20 @@ impl StoreActor {
                     from_seq,
                     to_seq,
                 } => {
-                    self.metrics.replication_catchup(true);
+                    if self.catching_up.insert((stream.clone(), replica.clone())) {
+                        self.metrics.replication_catchup(true);
+                    }
                     info!(%stream, %replica, from_seq, to_seq, behind = to_seq.saturating_sub(from_seq), "replica catching up");
                 }
                 OwnerAction::CaughtUp { stream, replica } => {
-                    self.metrics.replication_catchup(false);
-                    info!(%stream, %replica, "replica caught up");
+                    // Said also when a new replica first comes into step; only a catch-up that
+                    // was announced counts as finished.
+                    if self.catching_up.remove(&(stream.clone(), replica.clone())) {
+                        self.metrics.replication_catchup(false);
+                        info!(%stream, %replica, "replica caught up");
+                    } else {
+                        debug!(%stream, %replica, "replica in step");
+                    }
                 }
                 OwnerAction::Refused { error } => self.refused(&error),
             }
