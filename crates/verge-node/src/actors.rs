@@ -18,10 +18,11 @@ use tracing::{debug, info, warn};
 use verge_net::{Accepted, CloseCode, FramedRecv, FramedSend, Net, NetError, authenticate};
 use verge_proto::NodeId;
 use verge_proto::admin::{AdminRequest, AdminResponse, MemberState, MemberView, NodeStatus};
-use verge_proto::peer::PeerMessage;
+use verge_proto::peer::{PeerMessage, PeerReply, PeerRequest, PeerStream};
 use verge_proto::replication::ReplicationMessage;
 
 use crate::config::NodeConfig;
+use crate::links::PeerLinks;
 use crate::membership::{DetectorConfig, Membership};
 use crate::metrics::Metrics;
 use crate::storage::{FromPeer, PeerLiveness};
@@ -219,6 +220,8 @@ struct Shared {
     origin: Instant,
     /// Whether `verge ctl fault` is accepted (config `[faults] enabled`).
     faults_enabled: bool,
+    /// Where each dialer publishes its connection, for requests to peers.
+    links: PeerLinks,
 }
 
 impl Shared {
@@ -247,6 +250,7 @@ impl NetworkActor {
         membership: Addr<MembershipActor>,
         store: Addr<crate::storage::StoreActor>,
         outboxes: BTreeMap<NodeId, mpsc::Receiver<ReplicationMessage>>,
+        links: PeerLinks,
         metrics: Metrics,
         info: NodeInfo,
     ) -> Self {
@@ -262,6 +266,7 @@ impl NetworkActor {
             pong_timeout: (heartbeat * 5).max(Duration::from_secs(1)),
             origin: Instant::now(),
             faults_enabled: cfg.faults.enabled,
+            links,
         };
         Self {
             shared: Arc::new(shared),
@@ -366,6 +371,13 @@ async fn serve_peer(s: Arc<Shared>, id: NodeId, conn: Connection) {
                         });
                         None
                     }
+                    PeerMessage::Request(req) => {
+                        Some(PeerMessage::Reply(answer_peer(&s, req).await))
+                    }
+                    PeerMessage::Reply(_) => {
+                        debug!(peer = %id, "ignored a reply nobody asked for");
+                        None
+                    }
                 };
                 if let Some(reply) = reply {
                     if send.send(&reply).await.is_err() {
@@ -375,6 +387,48 @@ async fn serve_peer(s: Arc<Shared>, id: NodeId, conn: Connection) {
                 }
             }
         });
+    }
+}
+
+/// Answers a peer's request.
+async fn answer_peer(s: &Shared, req: PeerRequest) -> PeerReply {
+    let unavailable = |e: MailboxError| PeerReply::Error(format!("the store is unavailable: {e}"));
+    match req {
+        PeerRequest::Control(_) => {
+            PeerReply::Error(format!("node {} runs no control plane yet", s.info.id))
+        }
+        PeerRequest::Streams { kind } => match s.store.send(crate::storage::ListStreams).await {
+            Ok(views) => PeerReply::Streams(
+                views
+                    .into_iter()
+                    .filter(|v| kind.is_none_or(|k| v.id.kind == k))
+                    .map(|v| PeerStream {
+                        id: v.id,
+                        first_seq: v.first_seq,
+                        durable_head: v.durable_head,
+                    })
+                    .collect(),
+            ),
+            Err(e) => unavailable(e),
+        },
+        PeerRequest::Read {
+            stream,
+            from,
+            to,
+            limit,
+        } => {
+            let req = crate::storage::ReadRange {
+                stream,
+                from,
+                to,
+                limit,
+            };
+            match s.store.send(req).await {
+                Ok(Ok(records)) => PeerReply::Records(records),
+                Ok(Err(message)) => PeerReply::Error(message),
+                Err(e) => unavailable(e),
+            }
+        }
     }
 }
 
@@ -579,10 +633,12 @@ async fn dial_loop(
                     info!(peer = %id, %addr, "connected to peer");
                 }
                 backoff = DIAL_BACKOFF_MIN;
+                s.links.set(&id, Some(conn.clone()));
                 let why = tokio::select! {
                     why = heartbeat(&s, &id, &conn) => why,
                     why = replicate(&s, &conn, &mut outbox) => why,
                 };
+                s.links.set(&id, None);
                 conn.close(CloseCode::Replaced.varint(), why.as_bytes());
                 debug!(peer = %id, "connection to peer ended: {why}");
             }

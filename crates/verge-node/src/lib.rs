@@ -9,6 +9,7 @@
 pub mod actors;
 pub mod config;
 mod http;
+pub mod links;
 pub mod membership;
 pub mod metrics;
 pub mod storage;
@@ -146,6 +147,7 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
         membership.clone(),
         store.clone(),
         outbox_rx,
+        links::PeerLinks::new(cfg.peers.iter().map(|p| &p.id), cfg.net.frame_bytes_max),
         metrics.clone(),
         actors::NodeInfo {
             id: cfg.id.clone(),

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::replication::ReplicationMessage;
+use crate::{Record, StreamId, StreamKind};
 
 /// The ALPN protocol id for node-to-node connections.
 pub const ALPN_PEER: &[u8] = b"verge/1";
@@ -40,4 +41,56 @@ pub enum PeerMessage {
     /// A message of the replication protocol ([`crate::replication`]). A node sends these on the
     /// connection it dialed to the receiver; nothing answers them on the same stream.
     Replication(ReplicationMessage),
+    /// A request that expects one [`PeerMessage::Reply`] on the same stream. The asker opens a
+    /// stream per request.
+    Request(PeerRequest),
+    /// The answer to a [`PeerMessage::Request`].
+    Reply(PeerReply),
+}
+
+/// What one node asks another, answered on the same stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// A message of the control plane (Raft), opaque to everything but `verge-control`.
+    Control(Bytes),
+    /// The streams the node holds (owned or copied), optionally only of one kind.
+    Streams {
+        /// Only streams of this kind; all when `None`.
+        kind: Option<StreamKind>,
+    },
+    /// Records `from..=to` of a stream the node holds, at most `limit`.
+    Read {
+        /// The stream.
+        stream: StreamId,
+        /// First sequence number.
+        from: u64,
+        /// Last sequence number, inclusive.
+        to: u64,
+        /// The most records.
+        limit: u32,
+    },
+}
+
+/// One stream as a peer reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStream {
+    /// The stream.
+    pub id: StreamId,
+    /// The first sequence number still held.
+    pub first_seq: u64,
+    /// The highest sequence number durable on that node.
+    pub durable_head: u64,
+}
+
+/// The answer to a [`PeerRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PeerReply {
+    /// The answer of the control plane.
+    Control(Bytes),
+    /// The streams asked for.
+    Streams(Vec<PeerStream>),
+    /// `(sequence, record)` pairs in order.
+    Records(Vec<(u64, Record)>),
+    /// The request could not be served.
+    Error(String),
 }

@@ -1,0 +1,124 @@
+//! Requests from this node to its peers over the connections the node's dialers keep open.
+//!
+//! Each dialer publishes its current connection here while it is up; a request opens a stream on
+//! it, sends one [`PeerMessage::Request`] and waits (bounded) for the [`PeerMessage::Reply`]. No
+//! connection, a failed stream or a late answer is an error naming the peer: callers (the control
+//! plane, the gateway's reads) treat every peer as possibly gone.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use quinn::Connection;
+use verge_proto::NodeId;
+use verge_proto::peer::{PeerMessage, PeerReply, PeerRequest};
+
+/// Why a request to a peer got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The peer is not configured.
+    #[error("`{0}` is not a peer of this node")]
+    Unknown(NodeId),
+    /// No connection to the peer is up.
+    #[error("no connection to peer {0}")]
+    Down(NodeId),
+    /// The stream failed or the answer was not a reply.
+    #[error("request to peer {peer} failed: {detail}")]
+    Failed {
+        /// The peer.
+        peer: NodeId,
+        /// What happened.
+        detail: String,
+    },
+    /// No answer in time.
+    #[error("peer {peer} did not answer within {} ms", timeout.as_millis())]
+    Timeout {
+        /// The peer.
+        peer: NodeId,
+        /// The bound.
+        timeout: Duration,
+    },
+}
+
+/// The current connection to each peer, as its dialer last published it.
+#[derive(Debug, Clone)]
+pub struct PeerLinks {
+    conns: Arc<BTreeMap<NodeId, Mutex<Option<Connection>>>>,
+    frame_max: usize,
+}
+
+impl PeerLinks {
+    /// Links to `peers`, none connected yet.
+    pub fn new<'a>(peers: impl IntoIterator<Item = &'a NodeId>, frame_max: usize) -> Self {
+        Self {
+            conns: Arc::new(
+                peers
+                    .into_iter()
+                    .map(|p| (p.clone(), Mutex::new(None)))
+                    .collect(),
+            ),
+            frame_max,
+        }
+    }
+
+    /// Publishes (or, with `None`, withdraws) the connection to `peer`.
+    pub fn set(&self, peer: &NodeId, conn: Option<Connection>) {
+        if let Some(slot) = self.conns.get(peer) {
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = conn;
+        }
+    }
+
+    /// The peers.
+    pub fn peers(&self) -> impl Iterator<Item = &NodeId> {
+        self.conns.keys()
+    }
+
+    /// Sends `req` to `peer` and waits at most `timeout` for its reply.
+    ///
+    /// # Errors
+    ///
+    /// [`LinkError`] naming the peer; a [`PeerReply::Error`] is returned as `Ok`.
+    pub async fn request(
+        &self,
+        peer: &NodeId,
+        req: PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerReply, LinkError> {
+        let conn = self
+            .conns
+            .get(peer)
+            .ok_or_else(|| LinkError::Unknown(peer.clone()))?
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| LinkError::Down(peer.clone()))?;
+        let msg = PeerMessage::Request(req);
+        let call = verge_net::request::<_, PeerMessage>(&conn, &msg, self.frame_max);
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(PeerMessage::Reply(reply))) => Ok(reply),
+            Ok(Ok(other)) => Err(LinkError::Failed {
+                peer: peer.clone(),
+                detail: format!("answered with {} instead of a reply", kind(&other)),
+            }),
+            Ok(Err(e)) => Err(LinkError::Failed {
+                peer: peer.clone(),
+                detail: e.to_string(),
+            }),
+            Err(_) => Err(LinkError::Timeout {
+                peer: peer.clone(),
+                timeout,
+            }),
+        }
+    }
+}
+
+fn kind(m: &PeerMessage) -> &'static str {
+    match m {
+        PeerMessage::Ping { .. } => "a ping",
+        PeerMessage::Pong { .. } => "a pong",
+        PeerMessage::Blob { .. } => "a blob",
+        PeerMessage::Replication(_) => "a replication message",
+        PeerMessage::Request(_) => "a request",
+        PeerMessage::Reply(_) => "a reply",
+    }
+}
