@@ -242,18 +242,34 @@ pub struct NetworkActor {
     outboxes: BTreeMap<NodeId, mpsc::Receiver<ReplicationMessage>>,
 }
 
+/// What the network actor hands frames to and takes messages from.
+#[derive(Debug)]
+pub struct Wiring {
+    /// Hears heartbeats.
+    pub membership: Addr<MembershipActor>,
+    /// Serves ingest, reads and replication frames.
+    pub store: Addr<crate::storage::StoreActor>,
+    /// Each peer's replication queue.
+    pub outboxes: BTreeMap<NodeId, mpsc::Receiver<ReplicationMessage>>,
+    /// Where dialers publish their connections.
+    pub links: PeerLinks,
+}
+
 impl NetworkActor {
     /// A network actor for `net`.
     pub fn new(
         net: Net,
         cfg: &NodeConfig,
-        membership: Addr<MembershipActor>,
-        store: Addr<crate::storage::StoreActor>,
-        outboxes: BTreeMap<NodeId, mpsc::Receiver<ReplicationMessage>>,
-        links: PeerLinks,
+        wiring: Wiring,
         metrics: Metrics,
         info: NodeInfo,
     ) -> Self {
+        let Wiring {
+            membership,
+            store,
+            outboxes,
+            links,
+        } = wiring;
         let heartbeat = Duration::from_millis(cfg.membership.heartbeat_ms);
         let shared = Shared {
             net,

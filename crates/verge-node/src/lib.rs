@@ -144,10 +144,12 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
     let _network = actors::NetworkActor::new(
         net.clone(),
         &cfg,
-        membership.clone(),
-        store.clone(),
-        outbox_rx,
-        links::PeerLinks::new(cfg.peers.iter().map(|p| &p.id), cfg.net.frame_bytes_max),
+        actors::Wiring {
+            membership: membership.clone(),
+            store: store.clone(),
+            outboxes: outbox_rx,
+            links: links::PeerLinks::new(cfg.peers.iter().map(|p| &p.id), cfg.net.frame_bytes_max),
+        },
         metrics.clone(),
         actors::NodeInfo {
             id: cfg.id.clone(),
