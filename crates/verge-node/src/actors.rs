@@ -29,6 +29,8 @@ use crate::storage::{FromPeer, PeerLiveness};
 
 /// How often the membership table is re-evaluated.
 const TICK: Duration = Duration::from_millis(50);
+/// The most records one peer read returns (about 1 MiB with 4-value records).
+pub const PEER_READ_RECORDS_MAX: u32 = 16_384;
 /// First and longest wait between two attempts to dial a peer.
 const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -437,7 +439,8 @@ async fn answer_peer(s: &Shared, req: PeerRequest) -> PeerReply {
                 stream,
                 from,
                 to,
-                limit,
+                // One reply must fit in a frame: the asker pages.
+                limit: limit.min(PEER_READ_RECORDS_MAX),
             };
             match s.store.send(req).await {
                 Ok(Ok(records)) => PeerReply::Records(records),
