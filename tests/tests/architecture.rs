@@ -62,6 +62,28 @@ fn crate_boundaries_hold() {
         "verge-replica",
         &["tokio", "quinn", "sled", "actix", "rand", "verge-store"],
     );
+    // The control plane reaches the network only through the transport the node gives it.
+    assert_not_in(
+        "verge-control",
+        &["actix", "quinn", "verge-net", "verge-store", "verge-node"],
+    );
+    // The sync core decides without IO.
+    assert_not_in(
+        "verge-sync",
+        &[
+            "tokio",
+            "quinn",
+            "sled",
+            "actix",
+            "verge-store",
+            "verge-net",
+        ],
+    );
+    // The cloud never depends on a node's internals.
+    assert_not_in(
+        "verge-cloud",
+        &["verge-node", "actix", "verge-store", "aws-lc-rs"],
+    );
     // Orchestration talks to nodes only through processes and the admin endpoint.
     assert_not_in("verge-sim", &["verge-node", "actix"]);
 }

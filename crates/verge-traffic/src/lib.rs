@@ -8,6 +8,7 @@
 
 mod reading;
 mod synthetic;
+pub mod window;
 
 pub use reading::{COLUMNS, Reading, ReadingError};
 pub use synthetic::{Pattern, SyntheticConfig, SyntheticSource};

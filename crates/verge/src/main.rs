@@ -3,6 +3,7 @@
 //! on stderr and an exit code.
 
 mod bench_net;
+mod bench_store;
 mod ctl;
 mod demo;
 
@@ -59,6 +60,43 @@ enum Command {
     /// Benchmarks that print their figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The reference cloud a gateway syncs to.
+    #[command(subcommand)]
+    Cloud(CloudCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CloudCommand {
+    /// Serve the HTTPS ingest API until Ctrl-C or SIGTERM.
+    #[command(
+        after_help = "Example:\n  verge cloud serve --listen 127.0.0.1:8443 --data cloud --token-file cloud.token\n\nWithout --tls-cert/--tls-key a self-signed certificate is made once in DATA/tls/cert.pem;\nclients trust that file."
+    )]
+    Serve {
+        /// Address to listen on (port 0 picks a free one and prints it).
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Directory for the cloud's store and certificate.
+        #[arg(long)]
+        data: PathBuf,
+        /// File holding the bearer token clients must send.
+        #[arg(long, conflicts_with = "token")]
+        token_file: Option<PathBuf>,
+        /// The bearer token (prefer --token-file: command lines are visible to others).
+        #[arg(long, env = "VERGE_CLOUD_TOKEN")]
+        token: Option<String>,
+        /// Accept client certificates signed by this CA instead of a token.
+        #[arg(long)]
+        client_ca: Option<PathBuf>,
+        /// Server certificate (PEM), with --tls-key.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// Server certificate key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Largest POST body accepted, in bytes.
+        #[arg(long, default_value_t = verge_cloud::server::BODY_BYTES_MAX_DEFAULT)]
+        body_limit: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,6 +135,9 @@ enum CertCommand {
 enum BenchCommand {
     /// Round trip, throughput and handshakes of the mesh transport against raw quinn.
     Net(bench_net::BenchNetArgs),
+    /// Group commit against naive inserts, then replicated ingest, ack latency and catch-up on
+    /// three real nodes.
+    Store(bench_store::BenchStoreArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -167,6 +208,61 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Net(args)) => {
             runtime()?.block_on(bench_net::run(&args))?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Cloud(CloudCommand::Serve {
+            listen,
+            data,
+            token_file,
+            token,
+            client_ca,
+            tls_cert,
+            tls_key,
+            body_limit,
+        }) => {
+            let token = match token_file {
+                Some(f) => Some(verge_cloud::read_token_file(&f)?),
+                None => token,
+            };
+            let cfg = verge_cloud::CloudServerConfig {
+                listen,
+                data_dir: data,
+                token,
+                client_ca,
+                tls_cert,
+                tls_key,
+                body_limit,
+            };
+            runtime()?.block_on(async move {
+                let cloud = verge_cloud::serve(cfg).await?;
+                println!(
+                    "verge cloud serving {} (clients trust {})",
+                    cloud.url(),
+                    cloud.cert_path().display()
+                );
+                wait_for_stop().await;
+                cloud.shutdown().await?;
+                anyhow::Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Bench(BenchCommand::Store(args)) => {
+            runtime()?.block_on(bench_store::run(&args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn wait_for_stop() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

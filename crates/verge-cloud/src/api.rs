@@ -1,0 +1,515 @@
+//! The cloud API: what a gateway sends, what the cloud answers, and the checks a batch must pass.
+//!
+//! These are JSON bodies over HTTPS under versioned paths ([`PATH_BATCHES`], [`PATH_WINDOWS`],
+//! [`PATH_SUMMARY`]). They derive `Serialize` here rather than in `verge-proto` because this is a
+//! different boundary: the cloud speaks JSON to whatever sits behind it, not the mesh's bincode
+//! frames, and DESIGN.md gives the cloud crate its own API types. A change that breaks a body
+//! gets a new path (`/v2/...`), never a silent reinterpretation: unknown fields are refused.
+
+use serde::{Deserialize, Serialize};
+use verge_proto::id::validate_label;
+use verge_proto::{IdError, NodeId, Record, StreamId, StreamIdError};
+
+/// `POST` a [`Batch`]; answered with a [`BatchAck`] or an [`ErrorBody`].
+pub const PATH_BATCHES: &str = "/v1/batches";
+/// `GET ?stream=S[&cluster=C][&from=F][&to=T][&limit=N]`; answered with a [`WindowsPage`].
+pub const PATH_WINDOWS: &str = "/v1/windows";
+/// `GET`; answered with a [`Summary`].
+pub const PATH_SUMMARY: &str = "/v1/summary";
+/// `GET`; `ok` while the server runs and its store accepts writes. Needs no token.
+pub const PATH_HEALTH: &str = "/healthz";
+/// `GET`; Prometheus text. Needs no token.
+pub const PATH_METRICS: &str = "/metrics";
+
+/// The most windows one batch may carry (the body limit usually bites first).
+pub const WINDOWS_PER_BATCH_MAX: usize = 100_000;
+/// The most values (columns) one window may carry.
+pub const VALUES_PER_WINDOW_MAX: usize = 256;
+/// The most windows one `GET /v1/windows` answers with; the page says where to go on.
+pub const WINDOWS_PAGE_MAX: usize = 100_000;
+/// The page size when the query names none.
+pub const WINDOWS_PAGE_DEFAULT: usize = 10_000;
+
+/// A run of one stream's records, dense from `first_seq` to `last_seq`, sent by the gateway of
+/// `cluster` during Raft term `term`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Batch {
+    /// The cluster (a DNS label, as in its CA) whose gateway sends the batch; terms are
+    /// compared within a cluster only.
+    pub cluster: String,
+    /// The sender's Raft term: the cloud refuses a term lower than the highest it has accepted
+    /// for the cluster, which fences a deposed gateway.
+    pub term: u64,
+    /// The sending gateway's node id (kept for the record; the term is what fences).
+    pub gateway: String,
+    /// The stream, as `owner/kind/sensor`.
+    pub stream: String,
+    /// The first sequence number in the batch (sequence numbers start at 1).
+    pub first_seq: u64,
+    /// The last sequence number in the batch, inclusive.
+    pub last_seq: u64,
+    /// The records `first_seq..=last_seq`, in order, one per sequence number.
+    pub windows: Vec<Window>,
+}
+
+/// One record of a stream, with its sequence number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    /// The record's sequence number in its stream.
+    pub seq: u64,
+    /// Event time, milliseconds since the Unix epoch.
+    pub ts_ms: i64,
+    /// The record's values, one per column of the stream.
+    pub values: Vec<f64>,
+}
+
+/// What identifies a batch: the cloud keeps each key once.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BatchKey {
+    /// The sending cluster.
+    pub cluster: String,
+    /// The stream, as text.
+    pub stream: String,
+    /// First sequence number.
+    pub first_seq: u64,
+    /// Last sequence number, inclusive.
+    pub last_seq: u64,
+}
+
+impl std::fmt::Display for BatchKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} [{}..={}]",
+            self.cluster, self.stream, self.first_seq, self.last_seq
+        )
+    }
+}
+
+/// Why a batch is refused as malformed (HTTP 400). Each names what is wrong.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BatchError {
+    /// The body is not a JSON batch.
+    #[error("the body is not a batch: {0}")]
+    Json(String),
+    /// The cluster is not a DNS label.
+    #[error("cluster: {0}")]
+    Cluster(IdError),
+    /// The gateway is not a node id.
+    #[error("gateway: {0}")]
+    Gateway(IdError),
+    /// The stream is not `owner/kind/sensor`.
+    #[error("stream: {0}")]
+    Stream(StreamIdError),
+    /// Sequence numbers start at 1.
+    #[error("first_seq is 0; sequence numbers start at 1")]
+    FirstSeqZero,
+    /// The range runs backwards.
+    #[error("last_seq {last} is below first_seq {first}")]
+    Reversed {
+        /// `first_seq`.
+        first: u64,
+        /// `last_seq`.
+        last: u64,
+    },
+    /// No windows.
+    #[error("the batch holds no windows")]
+    Empty,
+    /// More windows than a batch may carry.
+    #[error("the batch holds {0} windows, more than the {WINDOWS_PER_BATCH_MAX} a batch may")]
+    TooMany(usize),
+    /// The number of windows does not match the range.
+    #[error("the range {first}..={last} needs {expected} windows but the batch holds {got}")]
+    Count {
+        /// `first_seq`.
+        first: u64,
+        /// `last_seq`.
+        last: u64,
+        /// `last - first + 1`.
+        expected: u64,
+        /// `windows.len()`.
+        got: usize,
+    },
+    /// A window's sequence number is not the next one.
+    #[error(
+        "window {index} has seq {got}, expected {expected} (windows must be dense and in order)"
+    )]
+    NotDense {
+        /// Position in `windows`.
+        index: usize,
+        /// The sequence number it should have had.
+        expected: u64,
+        /// The one it had.
+        got: u64,
+    },
+    /// A value is NaN or infinite.
+    #[error("window seq {seq}: value {column} is not a finite number")]
+    NotFinite {
+        /// The window.
+        seq: u64,
+        /// The column.
+        column: usize,
+    },
+    /// Windows of one stream carry different numbers of values.
+    #[error("window seq {seq} has {got} values but the first window has {expected}")]
+    Columns {
+        /// The window.
+        seq: u64,
+        /// The first window's count.
+        expected: usize,
+        /// This window's count.
+        got: usize,
+    },
+    /// Too many values in a window.
+    #[error("window seq {seq} has {got} values, more than the {VALUES_PER_WINDOW_MAX} allowed")]
+    TooManyValues {
+        /// The window.
+        seq: u64,
+        /// Its count.
+        got: usize,
+    },
+}
+
+impl Batch {
+    /// Builds a batch from a stream's records, numbering them from `first_seq`.
+    pub fn from_records(
+        cluster: &str,
+        term: u64,
+        gateway: &NodeId,
+        stream: &StreamId,
+        first_seq: u64,
+        records: &[Record],
+    ) -> Self {
+        let windows: Vec<Window> = (first_seq..)
+            .zip(records)
+            .map(|(seq, r)| Window {
+                seq,
+                ts_ms: r.ts_ms,
+                values: r.values.clone(),
+            })
+            .collect();
+        let last_seq = (first_seq + windows.len() as u64).saturating_sub(1);
+        Self {
+            cluster: cluster.to_owned(),
+            term,
+            gateway: gateway.to_string(),
+            stream: stream.to_string(),
+            first_seq,
+            last_seq,
+            windows,
+        }
+    }
+
+    /// The batch's key.
+    pub fn key(&self) -> BatchKey {
+        BatchKey {
+            cluster: self.cluster.clone(),
+            stream: self.stream.clone(),
+            first_seq: self.first_seq,
+            last_seq: self.last_seq,
+        }
+    }
+
+    /// Parses and checks a JSON body: the only way the server accepts a batch.
+    pub fn from_json(body: &[u8]) -> Result<Self, BatchError> {
+        let batch: Batch =
+            serde_json::from_slice(body).map_err(|e| BatchError::Json(e.to_string()))?;
+        batch.check()?;
+        Ok(batch)
+    }
+
+    /// Checks that the batch is consistent: names that parse, a dense range that matches its
+    /// windows, finite values, the same number of columns in every window.
+    pub fn check(&self) -> Result<(), BatchError> {
+        validate_label(&self.cluster).map_err(BatchError::Cluster)?;
+        NodeId::new(self.gateway.as_str()).map_err(BatchError::Gateway)?;
+        self.stream
+            .parse::<StreamId>()
+            .map_err(BatchError::Stream)?;
+        if self.first_seq == 0 {
+            return Err(BatchError::FirstSeqZero);
+        }
+        if self.last_seq < self.first_seq {
+            return Err(BatchError::Reversed {
+                first: self.first_seq,
+                last: self.last_seq,
+            });
+        }
+        if self.windows.is_empty() {
+            return Err(BatchError::Empty);
+        }
+        if self.windows.len() > WINDOWS_PER_BATCH_MAX {
+            return Err(BatchError::TooMany(self.windows.len()));
+        }
+        let expected = self.last_seq - self.first_seq + 1;
+        if expected != self.windows.len() as u64 {
+            return Err(BatchError::Count {
+                first: self.first_seq,
+                last: self.last_seq,
+                expected,
+                got: self.windows.len(),
+            });
+        }
+        let columns = self.windows[0].values.len();
+        for (index, (w, seq)) in self.windows.iter().zip(self.first_seq..).enumerate() {
+            if w.seq != seq {
+                return Err(BatchError::NotDense {
+                    index,
+                    expected: seq,
+                    got: w.seq,
+                });
+            }
+            if w.values.len() > VALUES_PER_WINDOW_MAX {
+                return Err(BatchError::TooManyValues {
+                    seq,
+                    got: w.values.len(),
+                });
+            }
+            if w.values.len() != columns {
+                return Err(BatchError::Columns {
+                    seq,
+                    expected: columns,
+                    got: w.values.len(),
+                });
+            }
+            if let Some(column) = w.values.iter().position(|v| !v.is_finite()) {
+                return Err(BatchError::NotFinite { seq, column });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The cloud's answer to a batch it accepted (HTTP 200).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum BatchAck {
+    /// The key was new: `stored` windows were new and stored, `duplicates` were already held
+    /// (from a batch cut differently) and were not stored again.
+    Stored {
+        /// Windows stored now.
+        stored: u64,
+        /// Windows the cloud already held.
+        duplicates: u64,
+    },
+    /// The key was already stored; nothing was stored again.
+    Duplicate,
+}
+
+/// The body of every refusal: what went wrong, and for a fencing refusal (HTTP 409) the terms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong, for a person.
+    pub error: String,
+    /// For a stale term: the term the batch carried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
+    /// For a stale term: the highest term the cloud has accepted for the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub highest: Option<u64>,
+}
+
+/// What the cloud holds, per cluster, node and stream (`GET /v1/summary`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// One entry per cluster, by name.
+    pub clusters: Vec<ClusterSummary>,
+    /// One entry per (cluster, stream owner), by cluster then node.
+    pub nodes: Vec<NodeSummary>,
+    /// One entry per (cluster, stream), by cluster then stream.
+    pub streams: Vec<StreamSummary>,
+}
+
+/// A cluster's totals and fencing term.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSummary {
+    /// The cluster.
+    pub cluster: String,
+    /// The highest term accepted from its gateways.
+    pub highest_term: u64,
+    /// Batch keys stored.
+    pub batches: u64,
+    /// Windows stored.
+    pub windows: u64,
+}
+
+/// The totals of the streams one node owns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSummary {
+    /// The cluster.
+    pub cluster: String,
+    /// The stream owner.
+    pub node: String,
+    /// Streams it owns that the cloud holds.
+    pub streams: u64,
+    /// Windows stored across them.
+    pub windows: u64,
+    /// Batch keys stored across them.
+    pub batches: u64,
+}
+
+/// One stream's holdings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamSummary {
+    /// The cluster.
+    pub cluster: String,
+    /// The stream's owner.
+    pub node: String,
+    /// The stream.
+    pub stream: String,
+    /// Windows stored (each sequence number at most once).
+    pub windows: u64,
+    /// The lowest sequence number stored.
+    pub first_seq: u64,
+    /// The highest sequence number stored.
+    pub last_seq: u64,
+    /// Sequence numbers between `first_seq` and `last_seq` the cloud does not hold; 0 when the
+    /// stream is held without a gap.
+    pub missing: u64,
+    /// Batch keys stored.
+    pub batches: u64,
+}
+
+/// A page of one stream's windows in sequence order (`GET /v1/windows`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowsPage {
+    /// The cluster the windows belong to; `None` when no cluster holds the stream.
+    pub cluster: Option<String>,
+    /// The stream.
+    pub stream: String,
+    /// The windows, by sequence number.
+    pub windows: Vec<Window>,
+    /// When the page was cut by its limit, the `from` that continues it.
+    pub next_from: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(first: u64, n: u64) -> Batch {
+        Batch {
+            cluster: "c1".into(),
+            term: 1,
+            gateway: "b1".into(),
+            stream: "b1/aggregates/north".into(),
+            first_seq: first,
+            last_seq: first + n - 1,
+            windows: (first..first + n)
+                .map(|seq| Window {
+                    seq,
+                    ts_ms: seq as i64 * 10_000,
+                    values: vec![1.0, 2.0],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_consistent_batch_passes() {
+        batch(1, 10).check().expect("ok");
+        let json = serde_json::to_vec(&batch(5, 3)).expect("json");
+        assert_eq!(Batch::from_json(&json).expect("parses"), batch(5, 3));
+    }
+
+    #[test]
+    fn inconsistent_batches_name_what_is_wrong() {
+        let mut b = batch(1, 3);
+        b.windows[1].seq = 7;
+        assert!(matches!(
+            b.check(),
+            Err(BatchError::NotDense { index: 1, .. })
+        ));
+        let mut b = batch(1, 3);
+        b.last_seq = 4;
+        assert!(matches!(b.check(), Err(BatchError::Count { .. })));
+        let mut b = batch(1, 3);
+        b.first_seq = 0;
+        assert_eq!(b.check(), Err(BatchError::FirstSeqZero));
+        let mut b = batch(3, 1);
+        b.last_seq = 2;
+        assert!(matches!(b.check(), Err(BatchError::Reversed { .. })));
+        let mut b = batch(1, 1);
+        b.windows.clear();
+        assert!(matches!(
+            b.check(),
+            Err(BatchError::Count { .. }) | Err(BatchError::Empty)
+        ));
+        let mut b = batch(1, 2);
+        b.windows[1].values[0] = f64::INFINITY;
+        assert_eq!(b.check(), Err(BatchError::NotFinite { seq: 2, column: 0 }));
+        let mut b = batch(1, 2);
+        b.windows[1].values.push(3.0);
+        assert!(matches!(b.check(), Err(BatchError::Columns { .. })));
+        let mut b = batch(1, 2);
+        b.stream = "b1/cooked/x".into();
+        assert!(
+            b.check()
+                .expect_err("bad kind")
+                .to_string()
+                .contains("cooked")
+        );
+        let mut b = batch(1, 2);
+        b.gateway = "B 1".into();
+        assert!(matches!(b.check(), Err(BatchError::Gateway(_))));
+        let mut b = batch(1, 2);
+        b.cluster = String::new();
+        assert!(matches!(b.check(), Err(BatchError::Cluster(_))));
+    }
+
+    #[test]
+    fn bodies_that_are_not_batches_are_refused() {
+        assert!(matches!(Batch::from_json(b"{"), Err(BatchError::Json(_))));
+        let mut v = serde_json::to_value(batch(1, 1)).expect("json");
+        v["extra"] = 1.into();
+        let err = Batch::from_json(v.to_string().as_bytes()).expect_err("unknown field");
+        assert!(err.to_string().contains("extra"), "{err}");
+        // JSON has no NaN; a number too big for f64 is refused by the parser.
+        let text = serde_json::to_string(&batch(1, 1))
+            .expect("json")
+            .replace("1.0,", "1e999,");
+        assert!(matches!(
+            Batch::from_json(text.as_bytes()),
+            Err(BatchError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn acks_have_the_documented_shape() {
+        let stored = BatchAck::Stored {
+            stored: 3,
+            duplicates: 1,
+        };
+        assert_eq!(
+            serde_json::to_string(&stored).expect("json"),
+            r#"{"status":"stored","stored":3,"duplicates":1}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&BatchAck::Duplicate).expect("json"),
+            r#"{"status":"duplicate"}"#
+        );
+    }
+
+    #[test]
+    fn from_records_numbers_densely() {
+        let recs = vec![
+            Record {
+                ts_ms: 1,
+                values: vec![1.0],
+            };
+            4
+        ];
+        let b = Batch::from_records(
+            "c1",
+            2,
+            &NodeId::new("b1").expect("id"),
+            &"b2/aggregates/a".parse().expect("stream"),
+            10,
+            &recs,
+        );
+        assert_eq!((b.first_seq, b.last_seq), (10, 13));
+        b.check().expect("consistent");
+    }
+}
