@@ -123,12 +123,29 @@ fn write_blocks(dir: &Path, id: &StreamId, blocks: usize) -> Vec<Record> {
 
 /// Changes the stored value under `key` with sled directly, as a torn write would.
 fn damage(dir: &Path, tree: &str, key: &[u8], change: impl FnOnce(&mut Vec<u8>)) {
-    let db = sled::open(dir).expect("open sled");
+    let db = open_when_released(dir);
     let tree = db.open_tree(tree).expect("tree");
     let mut value = tree.get(key).expect("get").expect("present").to_vec();
     change(&mut value);
     tree.insert(key, value).expect("insert");
     db.flush().expect("flush");
+}
+
+/// Opens `dir` with sled directly. A store dropped a moment ago may still hold sled's file lock
+/// while its background flusher winds down (seen on a loaded CI machine), so this retries for a
+/// bounded time before giving up.
+fn open_when_released(dir: &Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::open(dir) {
+            Ok(db) => return db,
+            Err(e) if std::time::Instant::now() < deadline => {
+                println!("sled still locked, retrying: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => panic!("open sled: {e}"),
+        }
+    }
 }
 
 fn block_key(id: &StreamId, seq: u64) -> Vec<u8> {
@@ -270,7 +287,7 @@ fn small_flushes_are_compacted_to_under_two_bytes_per_value() {
     drop(store);
 
     // Four full blocks and a tail of at most TAIL_BLOCKS_MAX small ones per stream.
-    let db = sled::open(dir.path()).expect("open sled");
+    let db = open_when_released(dir.path());
     let blocks = db.open_tree("blocks").expect("tree");
     for id in &streams {
         let count = blocks.scan_prefix(format!("{id}\0")).count();
