@@ -513,7 +513,7 @@ impl Spread {
 }
 
 /// The nearest-rank percentile `p` (0–100] of sorted samples; NaN for no samples.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -874,7 +874,7 @@ async fn handshakes(rig: &Rig, count: usize) -> anyhow::Result<Spread> {
 // Formatting.
 
 /// `1234567.8` as `1,234,568`.
-fn thousands(x: f64) -> String {
+pub(crate) fn thousands(x: f64) -> String {
     if !x.is_finite() {
         return "-".into();
     }

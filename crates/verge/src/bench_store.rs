@@ -37,6 +37,7 @@
 //! figures are a floor for one node per cabinet. Timing uses the wall clock: this is a
 //! measurement, not decision code.
 
+use crate::bench_net::{percentile, thousands};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -1663,31 +1664,6 @@ fn cores() -> usize {
 
 fn verdict(pass: bool) -> &'static str {
     if pass { "PASS" } else { "MISSED" }
-}
-
-/// The nearest-rank percentile `p` (0–100] of sorted samples; NaN for no samples.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-/// `1234567.8` as `1,234,568`.
-fn thousands(x: f64) -> String {
-    if !x.is_finite() {
-        return "-".into();
-    }
-    let digits = format!("{:.0}", x.abs());
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if x < 0.0 { format!("-{out}") } else { out }
 }
 
 #[cfg(test)]
