@@ -17,7 +17,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use verge_net::{Accepted, CloseCode, FramedRecv, FramedSend, Net, NetError, authenticate};
 use verge_proto::NodeId;
-use verge_proto::admin::{AdminRequest, AdminResponse, MemberState, MemberView, NodeStatus};
+use verge_proto::admin::{
+    AdminRequest, AdminResponse, MemberState, MemberView, NodeStatus, SyncView,
+};
 use verge_proto::peer::{PeerMessage, PeerReply, PeerRequest, PeerStream};
 use verge_proto::replication::ReplicationMessage;
 
@@ -224,6 +226,12 @@ struct Shared {
     faults_enabled: bool,
     /// Where each dialer publishes its connection, for requests to peers.
     links: PeerLinks,
+    /// The control plane, if configured.
+    control: Option<verge_control::Control>,
+    /// The gateway task's view of the cloud sync.
+    board: crate::gateway::SyncBoard,
+    /// The node's configuration, for the gateway view.
+    cfg: NodeConfig,
 }
 
 impl Shared {
@@ -255,6 +263,10 @@ pub struct Wiring {
     pub outboxes: BTreeMap<NodeId, mpsc::Receiver<ReplicationMessage>>,
     /// Where dialers publish their connections.
     pub links: PeerLinks,
+    /// The control plane, if configured; serves peers' control calls.
+    pub control: Option<verge_control::Control>,
+    /// The gateway task's view of the cloud sync.
+    pub board: crate::gateway::SyncBoard,
 }
 
 impl NetworkActor {
@@ -271,6 +283,8 @@ impl NetworkActor {
             store,
             outboxes,
             links,
+            control,
+            board,
         } = wiring;
         let heartbeat = Duration::from_millis(cfg.membership.heartbeat_ms);
         let shared = Shared {
@@ -285,6 +299,9 @@ impl NetworkActor {
             origin: Instant::now(),
             faults_enabled: cfg.faults.enabled,
             links,
+            control,
+            board,
+            cfg: cfg.clone(),
         };
         Self {
             shared: Arc::new(shared),
@@ -390,7 +407,7 @@ async fn serve_peer(s: Arc<Shared>, id: NodeId, conn: Connection) {
                         None
                     }
                     PeerMessage::Request(req) => {
-                        Some(PeerMessage::Reply(answer_peer(&s, req).await))
+                        Some(PeerMessage::Reply(answer_peer(&s, &id, req).await))
                     }
                     PeerMessage::Reply(_) => {
                         debug!(peer = %id, "ignored a reply nobody asked for");
@@ -409,12 +426,16 @@ async fn serve_peer(s: Arc<Shared>, id: NodeId, conn: Connection) {
 }
 
 /// Answers a peer's request.
-async fn answer_peer(s: &Shared, req: PeerRequest) -> PeerReply {
+async fn answer_peer(s: &Shared, from: &NodeId, req: PeerRequest) -> PeerReply {
     let unavailable = |e: MailboxError| PeerReply::Error(format!("the store is unavailable: {e}"));
     match req {
-        PeerRequest::Control(_) => {
-            PeerReply::Error(format!("node {} runs no control plane yet", s.info.id))
-        }
+        PeerRequest::Control(payload) => match &s.control {
+            Some(control) => PeerReply::Control(control.serve(from, payload.to_vec()).await.into()),
+            None => PeerReply::Error(format!(
+                "node {} runs no control plane (no [control] voters in its config)",
+                s.info.id
+            )),
+        },
         PeerRequest::Streams { kind } => match s.store.send(crate::storage::ListStreams).await {
             Ok(views) => PeerReply::Streams(
                 views
@@ -545,6 +566,85 @@ async fn answer_admin(s: &Shared, req: AdminRequest) -> AdminResponse {
                 },
             }
         }
+        AdminRequest::Gateway => {
+            AdminResponse::Gateway(crate::gateway::gateway_view(&s.cfg, s.control.as_ref()))
+        }
+        AdminRequest::GatewayTransfer { to } => gateway_transfer(s, to).await,
+        AdminRequest::SetDrain { node, drained } => set_drain(s, node, drained).await,
+        AdminRequest::Sync => AdminResponse::Sync(s.board.get().unwrap_or_else(|| SyncView {
+            node: s.info.id.clone(),
+            syncing: false,
+            note: Some(match (&s.control, &s.cfg.cloud) {
+                (None, _) => "this node runs no control plane, so it never syncs".to_owned(),
+                (_, None) => "no [cloud] configured on this node".to_owned(),
+                _ => "the sync has not started yet".to_owned(),
+            }),
+            term: s.control.as_ref().map_or(0, |c| c.term()),
+            cloud_url: s.cfg.cloud.as_ref().map(|c| c.url.clone()),
+            cloud_reachable: None,
+            cloud_error: None,
+            outbox_batches: 0,
+            windows_acked: 0,
+            streams: Vec::new(),
+        })),
+    }
+}
+
+/// The control plane, or why there is none / why this node cannot act on it.
+fn leading_control(s: &Shared) -> Result<&verge_control::Control, String> {
+    let Some(control) = &s.control else {
+        return Err(format!(
+            "node {} runs no control plane (no [control] voters in its config)",
+            s.info.id
+        ));
+    };
+    if !control.is_leader() {
+        let leader = control.leader().map(|l| l.id);
+        return Err(
+            verge_control::ControlError::NotLeader { leader }.to_string()
+                + "; send this to the gateway (`verge ctl` does so by itself)",
+        );
+    }
+    Ok(control)
+}
+
+async fn gateway_transfer(s: &Shared, to: NodeId) -> AdminResponse {
+    let control = match leading_control(s) {
+        Ok(c) => c,
+        Err(message) => return AdminResponse::Error { message },
+    };
+    if to == s.info.id {
+        return AdminResponse::Gateway(crate::gateway::gateway_view(&s.cfg, Some(control)));
+    }
+    info!(to = %to, "operator asked to move the gateway role");
+    match control.transfer_to(&to).await {
+        Ok(()) => AdminResponse::Gateway(crate::gateway::gateway_view(&s.cfg, Some(control))),
+        Err(e) => AdminResponse::Error {
+            message: e.to_string(),
+        },
+    }
+}
+
+async fn set_drain(s: &Shared, node: NodeId, drained: bool) -> AdminResponse {
+    let control = match leading_control(s) {
+        Ok(c) => c,
+        Err(message) => return AdminResponse::Error { message },
+    };
+    info!(node = %node, drained, "operator changed a drain flag");
+    match control
+        .propose(verge_control::Command::SetDrain {
+            node: node.clone(),
+            drained,
+        })
+        .await
+    {
+        Ok(verge_control::Response::Refused(r)) => AdminResponse::Error {
+            message: r.to_string(),
+        },
+        Ok(_) => AdminResponse::Gateway(crate::gateway::gateway_view(&s.cfg, Some(control))),
+        Err(e) => AdminResponse::Error {
+            message: e.to_string(),
+        },
     }
 }
 

@@ -84,6 +84,84 @@ pub struct NodeConfig {
     /// Copies of this node's streams on its neighbours.
     #[serde(default)]
     pub replication: ReplicationSection,
+    /// The Raft control plane whose leader is the gateway.
+    #[serde(default)]
+    pub control: ControlSection,
+    /// Tumbling windows per approach, appended to this node's aggregate streams.
+    #[serde(default)]
+    pub aggregation: verge_traffic::window::WindowConfig,
+    /// The cloud the gateway syncs aggregates to; no sync when absent.
+    #[serde(default)]
+    pub cloud: Option<CloudSection>,
+}
+
+/// The control plane (`[control]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlSection {
+    /// The voting members: the same 3 or 5 node ids on every node (this node and its peers).
+    /// Configured nodes that are not voters join as learners. Empty: this node runs no control
+    /// plane (and never becomes the gateway).
+    pub voters: Vec<NodeId>,
+    /// Raft timing and limits (`[control.raft]`); the defaults suit a LAN.
+    pub raft: verge_control::ControlConfig,
+}
+
+/// The cloud ingest service (`[cloud]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudSection {
+    /// Base URL, `https://host:port`.
+    pub url: String,
+    /// The CA certificate (PEM) that signed the cloud's TLS certificate.
+    pub ca: PathBuf,
+    /// A file holding the bearer token (first line). Leave out for no token.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The corridor's name at the cloud; fencing compares terms within it.
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
+    /// How long one POST may take before it counts as unavailable, in milliseconds.
+    #[serde(default = "default_cloud_timeout_ms")]
+    pub timeout_ms: u64,
+    /// The most windows in one batch.
+    #[serde(default = "default_batch_windows_max")]
+    pub batch_windows_max: usize,
+    /// Shortest and longest retry delay after a failed post, in milliseconds (capped
+    /// exponential backoff with jitter in between).
+    #[serde(default = "default_retry_ms_min")]
+    pub retry_ms_min: u64,
+    /// See `retry_ms_min`.
+    #[serde(default = "default_retry_ms_max")]
+    pub retry_ms_max: u64,
+}
+
+fn default_cluster() -> String {
+    "corridor".to_owned()
+}
+fn default_cloud_timeout_ms() -> u64 {
+    5_000
+}
+fn default_batch_windows_max() -> usize {
+    5_000
+}
+fn default_retry_ms_min() -> u64 {
+    100
+}
+fn default_retry_ms_max() -> u64 {
+    10_000
+}
+
+impl CloudSection {
+    /// The sync core's configuration for gateway `me`.
+    pub fn sync_config(&self, me: &NodeId) -> verge_sync::SyncConfig {
+        verge_sync::SyncConfig {
+            batch_windows_max: self.batch_windows_max,
+            retry_ms_min: self.retry_ms_min,
+            retry_ms_max: self.retry_ms_max,
+            ..verge_sync::SyncConfig::new(self.cluster.clone(), me.clone())
+        }
+    }
 }
 
 /// What a node does when fewer than `write_quorum` holders of a stream are reachable.
@@ -344,12 +422,19 @@ impl NodeConfig {
         })?;
         // Relative paths are relative to the config file, so a config directory can be moved.
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [
+        let mut paths = vec![
             &mut cfg.data_dir,
             &mut cfg.tls.ca,
             &mut cfg.tls.cert,
             &mut cfg.tls.key,
-        ] {
+        ];
+        if let Some(cloud) = &mut cfg.cloud {
+            paths.push(&mut cloud.ca);
+            if let Some(t) = &mut cloud.token_file {
+                paths.push(t);
+            }
+        }
+        for p in paths {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -359,11 +444,18 @@ impl NodeConfig {
     }
 
     fn check_files(&self, path: &Path) -> Result<(), ConfigError> {
-        for (key, file) in [
+        let mut files = vec![
             ("tls.ca", &self.tls.ca),
             ("tls.cert", &self.tls.cert),
             ("tls.key", &self.tls.key),
-        ] {
+        ];
+        if let Some(cloud) = &self.cloud {
+            files.push(("cloud.ca", &cloud.ca));
+            if let Some(t) = &cloud.token_file {
+                files.push(("cloud.token_file", t));
+            }
+        }
+        for (key, file) in files {
             if !file.is_file() {
                 return Err(ConfigError::Invalid {
                     path: path.to_owned(),
@@ -458,6 +550,24 @@ impl NodeConfig {
         if let Err(e) = r.owner_config().validate() {
             return Err(invalid("replication".into(), e.to_string()));
         }
+        self.validate_control(path)?;
+        if let Err(e) = self.aggregation.validate() {
+            return Err(invalid("aggregation".into(), e.to_string()));
+        }
+        if let Some(cloud) = &self.cloud {
+            if !cloud.url.starts_with("https://") {
+                return Err(invalid(
+                    "cloud.url".into(),
+                    format!("`{}` is not an https:// URL", cloud.url),
+                ));
+            }
+            if cloud.timeout_ms == 0 {
+                return Err(invalid("cloud.timeout_ms".into(), "must be above 0".into()));
+            }
+            if let Err(e) = cloud.sync_config(&self.id).validate() {
+                return Err(invalid("cloud".into(), e.to_string()));
+            }
+        }
         let m = &self.membership;
         if m.heartbeat_ms == 0 {
             return Err(invalid(
@@ -470,6 +580,65 @@ impl NodeConfig {
                 "membership.phi_down".into(),
                 "needs 0 < phi_suspect < phi_down".into(),
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_control(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        let c = &self.control;
+        if c.voters.is_empty() {
+            if self.cloud.is_some() {
+                return Err(invalid(
+                    "cloud".into(),
+                    "only the gateway syncs to the cloud, and a node without `control.voters` never becomes it: list the voters".into(),
+                ));
+            }
+            return Ok(());
+        }
+        let known: BTreeSet<&NodeId> = self.peers.iter().map(|p| &p.id).chain([&self.id]).collect();
+        let mut seen = BTreeSet::new();
+        for (i, v) in c.voters.iter().enumerate() {
+            if !known.contains(v) {
+                return Err(invalid(
+                    format!("control.voters[{i}]"),
+                    format!("`{v}` is neither this node nor one of its peers"),
+                ));
+            }
+            if !seen.insert(v) {
+                return Err(invalid(
+                    format!("control.voters[{i}]"),
+                    format!("`{v}` is listed twice"),
+                ));
+            }
+        }
+        if c.voters.len().is_multiple_of(2) {
+            return Err(invalid(
+                "control.voters".into(),
+                format!(
+                    "{} voters: use an odd number (3 or 5); an even one tolerates no more failures than one fewer",
+                    c.voters.len()
+                ),
+            ));
+        }
+        if !c.voters.contains(&self.id) {
+            // A learner must reach the voters to be added; it dials its peers, so they must be
+            // among them.
+            for (i, v) in c.voters.iter().enumerate() {
+                if !self.peers.iter().any(|p| &p.id == v) {
+                    return Err(invalid(
+                        format!("control.voters[{i}]"),
+                        format!("`{v}` is not among this node's peers"),
+                    ));
+                }
+            }
+        }
+        if let Err(e) = c.raft.validate() {
+            return Err(invalid("control.raft".into(), e.to_string()));
         }
         Ok(())
     }

@@ -8,6 +8,7 @@
 
 pub mod actors;
 pub mod config;
+pub mod gateway;
 mod http;
 pub mod links;
 pub mod membership;
@@ -66,6 +67,12 @@ pub enum NodeError {
     /// The store under data_dir cannot be opened.
     #[error("cannot open the store (key data_dir): {0}")]
     Store(#[from] verge_store::StoreError),
+    /// The control plane could not start.
+    #[error("control plane (key control, data_dir/control): {0}")]
+    Control(#[from] verge_control::ControlError),
+    /// The gateway's cloud sync could not be set up.
+    #[error(transparent)]
+    Gateway(#[from] gateway::GatewayError),
     /// The async runtime could not be built.
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
@@ -120,14 +127,15 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
     let store_arbiter = actix::Arbiter::new();
     let (outboxes, outbox_rx) = storage::outboxes(cfg.peers.iter().map(|p| &p.id));
     let store = {
-        let (me, scfg, rcfg, m) = (
+        let (me, scfg, rcfg, m, windows) = (
             cfg.id.clone(),
             cfg.store.clone(),
             cfg.replication.clone(),
             metrics.clone(),
+            cfg.aggregation.clone(),
         );
         storage::StoreActor::start_in_arbiter(&store_arbiter.handle(), move |_| {
-            storage::StoreActor::new(store, me, scfg, rcfg, m, outboxes)
+            storage::StoreActor::new(store, me, scfg, rcfg, m, outboxes).with_windows(windows)
         })
     };
     membership.do_send(actors::WatchLiveness {
@@ -141,6 +149,19 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
         )
         .start();
     }
+    let links = links::PeerLinks::new(cfg.peers.iter().map(|p| &p.id), cfg.net.frame_bytes_max);
+    let control = gateway::start_control(&cfg, &links).await?;
+    let board = gateway::SyncBoard::default();
+    if let Some(control) = &control {
+        gateway::spawn(gateway::GatewayDeps {
+            cfg: cfg.clone(),
+            control: control.clone(),
+            store: store.clone(),
+            links: links.clone(),
+            metrics: metrics.clone(),
+            board: board.clone(),
+        })?;
+    }
     let _network = actors::NetworkActor::new(
         net.clone(),
         &cfg,
@@ -148,7 +169,9 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
             membership: membership.clone(),
             store: store.clone(),
             outboxes: outbox_rx,
-            links: links::PeerLinks::new(cfg.peers.iter().map(|p| &p.id), cfg.net.frame_bytes_max),
+            links,
+            control: control.clone(),
+            board,
         },
         metrics.clone(),
         actors::NodeInfo {
@@ -168,6 +191,11 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
 
     wait_for_signal().await;
     info!(node = %cfg.id, "shutting down");
+    if let Some(control) = &control
+        && let Err(e) = control.shutdown().await
+    {
+        warn!("the control plane did not stop cleanly: {e}");
+    }
     net.shutdown(SHUTDOWN_GRACE).await;
     // The store's last act is a flush, so producers waiting on it get their answer.
     if let Err(e) = store.send(storage::Shutdown).await {

@@ -62,6 +62,7 @@ pub struct Metrics {
     under_replicated: Gauge,
     recovering: Gauge,
     acks: Family<StateLabel, Counter>,
+    gw: Arc<GatewayMetrics>,
     udp: Arc<std::sync::OnceLock<verge_net::FaultLayer>>,
 }
 
@@ -197,6 +198,7 @@ impl Metrics {
             "Requests served on the admin endpoint",
             admin_requests.clone(),
         );
+        let gw = Arc::new(GatewayMetrics::register(&mut registry));
         Self {
             registry: Arc::new(registry),
             frames_in,
@@ -220,8 +222,14 @@ impl Metrics {
             under_replicated,
             recovering,
             acks,
+            gw,
             udp: Arc::default(),
         }
+    }
+
+    /// The control-plane, aggregation and cloud-sync metrics.
+    pub fn gateway(&self) -> &GatewayMetrics {
+        &self.gw
     }
 
     /// Exports the datagram counters of the endpoint's fault layer.
@@ -454,5 +462,167 @@ mod tests {
             "{text}"
         );
         assert!(text.trim_end().ends_with("# EOF"));
+    }
+}
+
+/// Metrics of the control plane (term, leadership), the aggregation windows and the gateway's
+/// cloud sync.
+#[derive(Debug, Default)]
+pub struct GatewayMetrics {
+    term: Gauge,
+    leader: Gauge,
+    leader_changes: Counter,
+    windows_emitted: Counter,
+    late_readings: Counter,
+    batches: Family<StateLabel, Counter>,
+    windows_synced: Family<StateLabel, Counter>,
+    backlog: Gauge,
+    outbox: Gauge,
+    cloud_reachable: Gauge,
+    cursors: Family<StateLabel, Counter>,
+    warnings: Family<KindLabel, Counter>,
+    reads: Family<StateLabel, Counter>,
+}
+
+impl GatewayMetrics {
+    fn register(r: &mut Registry) -> Self {
+        let m = Self::default();
+        r.register(
+            "control_term",
+            "The control plane's current Raft term",
+            m.term.clone(),
+        );
+        r.register(
+            "control_is_gateway",
+            "1 while this node leads the control plane (is the gateway)",
+            m.leader.clone(),
+        );
+        r.register(
+            "control_leader_changes",
+            "Gateway changes this node has seen",
+            m.leader_changes.clone(),
+        );
+        r.register(
+            "aggregation_windows",
+            "Aggregation windows closed and appended to this node's aggregate streams",
+            m.windows_emitted.clone(),
+        );
+        r.register(
+            "aggregation_late_readings",
+            "Readings that arrived after their window closed (counted in the next window's late column)",
+            m.late_readings.clone(),
+        );
+        r.register(
+            "sync_batches",
+            "Batches posted to the cloud, by answer (stored, duplicate, stale, rejected, unavailable)",
+            m.batches.clone(),
+        );
+        r.register(
+            "sync_windows",
+            "Windows acknowledged by the cloud, by state (stored, duplicate)",
+            m.windows_synced.clone(),
+        );
+        r.register(
+            "sync_backlog_windows",
+            "Windows not yet acknowledged by the cloud, all aggregate streams together (gateway only)",
+            m.backlog.clone(),
+        );
+        r.register(
+            "sync_outbox_batches",
+            "Batches in the gateway's durable outbox",
+            m.outbox.clone(),
+        );
+        r.register(
+            "sync_cloud_reachable",
+            "1 if the cloud answered the last post, 0 if not, absent before the first",
+            m.cloud_reachable.clone(),
+        );
+        r.register(
+            "sync_cursor_proposals",
+            "Cursor advances proposed through Raft, by result (committed, failed)",
+            m.cursors.clone(),
+        );
+        r.register(
+            "sync_warnings",
+            "Things the sync core noticed and dealt with, by kind",
+            m.warnings.clone(),
+        );
+        r.register(
+            "sync_reads",
+            "Aggregate reads for the sync, by result (local, peer, failed)",
+            m.reads.clone(),
+        );
+        m
+    }
+
+    /// The control plane's term and whether this node leads it.
+    pub fn set_leadership(&self, term: u64, leader: bool) {
+        self.term.set(term as i64);
+        self.leader.set(i64::from(leader));
+    }
+
+    /// The gateway changed.
+    pub fn leader_changed(&self) {
+        self.leader_changes.inc();
+    }
+
+    /// Windows appended to aggregate streams, and late readings they reported.
+    pub fn windows(&self, emitted: u64, late: u64) {
+        self.windows_emitted.inc_by(emitted);
+        self.late_readings.inc_by(late);
+    }
+
+    /// The cloud answered a post (`stored`, `duplicate`, `stale`, `rejected`, `unavailable`).
+    pub fn batch(&self, outcome: &str) {
+        self.batches
+            .get_or_create(&StateLabel {
+                state: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// Windows the cloud acknowledged.
+    pub fn windows_synced(&self, stored: u64, duplicate: u64) {
+        for (state, n) in [("stored", stored), ("duplicate", duplicate)] {
+            self.windows_synced
+                .get_or_create(&StateLabel {
+                    state: state.into(),
+                })
+                .inc_by(n);
+        }
+    }
+
+    /// The sync's backlog and outbox, and the cloud's reachability if known.
+    pub fn sync_state(&self, backlog: u64, outbox: u64, reachable: Option<bool>) {
+        self.backlog.set(backlog as i64);
+        self.outbox.set(outbox as i64);
+        if let Some(r) = reachable {
+            self.cloud_reachable.set(i64::from(r));
+        }
+    }
+
+    /// A cursor proposal ended (`committed`, `failed`).
+    pub fn cursor(&self, result: &str) {
+        self.cursors
+            .get_or_create(&StateLabel {
+                state: result.into(),
+            })
+            .inc();
+    }
+
+    /// The sync core warned.
+    pub fn warning(&self, kind: &str) {
+        self.warnings
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+
+    /// A read for the sync ended (`local`, `peer`, `failed`).
+    pub fn read(&self, result: &str) {
+        self.reads
+            .get_or_create(&StateLabel {
+                state: result.into(),
+            })
+            .inc();
     }
 }

@@ -31,6 +31,7 @@ use verge_replica::{
     ReplicaConfig, ReplicaEvent, StoredCopy, StoredStream,
 };
 use verge_store::{RetentionPolicy, Store, StoreError};
+use verge_traffic::window::{Aggregator, PushError, WindowConfig};
 use verge_traffic::{Reading, SyntheticSource};
 
 use crate::config::{ReplicationSection, StoreSection};
@@ -50,6 +51,11 @@ const CATCHUP_LOG_EVERY_MS: u64 = 2_000;
 pub const QUERY_LIMIT_MAX: u32 = 100_000;
 /// Replication messages queued for one peer before more are dropped (and later resent).
 pub const OUTBOX_MESSAGES_MAX: usize = 1024;
+/// How often the aggregation windows are closed against the clock.
+const AGGREGATE_TICK: Duration = Duration::from_millis(250);
+/// Closed windows of one approach waiting to be appended (the stream is recovering after a
+/// restart, or the store refused) before the oldest are dropped.
+const WINDOWS_PENDING_MAX: usize = 10_000;
 
 /// One bounded queue of replication messages per peer, drained by the network actor.
 pub type Outboxes = Arc<BTreeMap<NodeId, mpsc::Sender<ReplicationMessage>>>;
@@ -178,6 +184,12 @@ pub struct StoreActor {
     catching_up: BTreeSet<(StreamId, NodeId)>,
     /// Counts rebuilds of the cores; an ingest that saw one must not wait on the new cores.
     generation: u64,
+    /// The aggregation windows' configuration; the aggregator is built once the cores are (it
+    /// resumes after the last window the aggregate streams hold).
+    windows: WindowConfig,
+    aggregator: Option<Aggregator>,
+    /// Closed windows not yet appended, per aggregate stream.
+    windows_pending: BTreeMap<StreamId, Vec<Record>>,
 }
 
 impl StoreActor {
@@ -209,7 +221,17 @@ impl StoreActor {
             catchup_lag: BTreeMap::new(),
             generation: 0,
             catching_up: BTreeSet::new(),
+            windows: WindowConfig::default(),
+            aggregator: None,
+            windows_pending: BTreeMap::new(),
         }
+    }
+
+    /// Aggregates this node's readings in windows configured by `windows` (default: 10 s windows,
+    /// one approach holding every detector).
+    pub fn with_windows(mut self, windows: WindowConfig) -> Self {
+        self.windows = windows;
+        self
     }
 
     fn now(&self) -> u64 {
@@ -747,6 +769,120 @@ impl StoreActor {
     }
 }
 
+/// Aggregation: every stored reading goes into its approach's window; closed windows are appended
+/// to `<node>/aggregates/<approach>`, which replicates like any stream of this node.
+impl StoreActor {
+    /// Builds the aggregator once the cores are up, resuming after the newest window stored.
+    fn aggregator(&mut self) -> Option<&mut Aggregator> {
+        if self.aggregator.is_none() {
+            self.cores.as_ref()?;
+            let window_ms = i64::try_from(self.windows.window_ms).unwrap_or(i64::MAX);
+            let resume_from = self
+                .store
+                .streams()
+                .into_iter()
+                .filter(|s| s.id.owner == self.me && s.id.kind == StreamKind::Aggregates)
+                .filter_map(|s| {
+                    let last = self.store.read(&s.id, s.head, s.head, 1).ok()?;
+                    last.first().map(|(_, r)| r.ts_ms.saturating_add(window_ms))
+                })
+                .max();
+            match Aggregator::resume(self.windows.clone(), resume_from) {
+                Ok(a) => {
+                    info!(
+                        approaches = ?a.approaches(),
+                        window_ms = self.windows.window_ms,
+                        resume_from_ms = ?resume_from,
+                        "aggregation started"
+                    );
+                    self.aggregator = Some(a);
+                }
+                Err(e) => {
+                    // The config was validated at load; this cannot happen short of a bug.
+                    error!("aggregation is off: {e}");
+                    return None;
+                }
+            }
+        }
+        self.aggregator.as_mut()
+    }
+
+    /// Adds stored readings to their windows.
+    fn aggregate(&mut self, readings: &[Reading]) {
+        let metrics = self.metrics.clone();
+        let Some(agg) = self.aggregator() else {
+            return;
+        };
+        let (mut late, mut ahead) = (0u64, 0u64);
+        for r in readings {
+            match agg.push(r) {
+                Ok(()) => {}
+                Err(PushError::Late { .. }) => late += 1,
+                Err(PushError::TooFarAhead { .. }) => ahead += 1,
+                Err(e) => debug!("reading left out of its window: {e}"),
+            }
+        }
+        if late > 0 {
+            metrics.gateway().windows(0, late);
+        }
+        if ahead > 0 {
+            metrics.readings_rejected("window_ahead", ahead);
+            warn!(
+                readings = ahead,
+                "readings stamped too far ahead of this node's clock were stored but left out of the aggregation windows"
+            );
+        }
+    }
+
+    /// Closes the windows the clock has passed and appends them (and any still pending).
+    fn close_windows(&mut self) {
+        let Some(agg) = self.aggregator() else {
+            return;
+        };
+        let closed = agg.advance(now_ms());
+        for w in closed {
+            match StreamId::new(self.me.clone(), StreamKind::Aggregates, w.approach.as_str()) {
+                Ok(stream) => {
+                    let pending = self.windows_pending.entry(stream).or_default();
+                    pending.push(w.to_record());
+                    if pending.len() > WINDOWS_PENDING_MAX {
+                        let excess = pending.len() - WINDOWS_PENDING_MAX;
+                        pending.drain(..excess);
+                        error!(
+                            approach = %w.approach,
+                            dropped = excess,
+                            "aggregation windows dropped: the aggregate stream has refused appends for too long"
+                        );
+                    }
+                }
+                Err(e) => error!("approach `{}` makes no stream id: {e}", w.approach),
+            }
+        }
+        let streams: Vec<StreamId> = self.windows_pending.keys().cloned().collect();
+        for stream in streams {
+            // A recovering or busy stream keeps its windows for the next tick.
+            let ready = self
+                .cores
+                .as_ref()
+                .is_some_and(|c| c.owner.next_seq(&stream).is_ok());
+            if !ready {
+                continue;
+            }
+            let Some(records) = self.windows_pending.remove(&stream) else {
+                continue;
+            };
+            let mut result = IngestResult::default();
+            if self.append_own(&stream, &records, &mut result).is_some() {
+                self.metrics.gateway().windows(records.len() as u64, 0);
+                debug!(%stream, windows = records.len(), "aggregation windows appended");
+            } else {
+                warn!(%stream, why = ?result.rejected, "aggregation windows not appended yet; retrying");
+                self.windows_pending.insert(stream, records);
+            }
+        }
+    }
+}
+
 fn replica_count(store: &Arc<dyn Store>, me: &NodeId) -> usize {
     store.streams().iter().filter(|s| s.id.owner != *me).count()
 }
@@ -774,6 +910,7 @@ impl Actor for StoreActor {
             |act, _| act.tick(),
         );
         ctx.run_interval(GAUGE_INTERVAL, |act, _| act.refresh_gauges());
+        ctx.run_interval(AGGREGATE_TICK, |act, _| act.close_windows());
         ctx.run_interval(
             Duration::from_millis(self.cfg.retention_interval_ms),
             |act, _| act.enforce_retention(),
@@ -846,10 +983,10 @@ impl Handler<Ingest> for StoreActor {
             });
         }
         let mut result = IngestResult::default();
-        let mut by_stream: BTreeMap<StreamId, Vec<Record>> = BTreeMap::new();
+        let mut by_stream: BTreeMap<StreamId, Vec<Reading>> = BTreeMap::new();
         for r in msg.readings {
             match StreamId::new(self.me.clone(), StreamKind::Raw, r.sensor.as_str()) {
-                Ok(stream) => by_stream.entry(stream).or_default().push(r.to_record()),
+                Ok(stream) => by_stream.entry(stream).or_default().push(r),
                 Err(e) => {
                     self.metrics.readings_rejected("sensor_id", 1);
                     result.rejected.push(e.to_string());
@@ -860,10 +997,12 @@ impl Handler<Ingest> for StoreActor {
         self.next_producer += 1;
         let generation = self.generation;
         let mut appended = Vec::new();
-        for (stream, records) in by_stream {
+        for (stream, readings) in by_stream {
+            let records: Vec<Record> = readings.iter().map(Reading::to_record).collect();
             if let Some(first_seq) = self.append_own(&stream, &records, &mut result) {
                 let last_seq = self.store.head(&stream);
                 appended.push((stream, first_seq, last_seq));
+                self.aggregate(&readings);
             }
             if self.generation != generation {
                 // The cores were rebuilt from the store: what was appended is not acknowledged

@@ -43,6 +43,25 @@ pub enum AdminRequest {
         /// The most records to return.
         limit: u32,
     },
+    /// Who the gateway (control-plane leader) is, its term and since when, as this node sees it.
+    Gateway,
+    /// Moves the gateway role to `to` (a voter). Only the current gateway carries it out; ask
+    /// [`AdminRequest::Gateway`] first and send this to the node it names.
+    GatewayTransfer {
+        /// The voter that should lead.
+        to: NodeId,
+    },
+    /// Drains `node` (it gives up the gateway role and takes no offloaded work), or undrains it.
+    /// Only the gateway carries it out, like [`AdminRequest::GatewayTransfer`].
+    SetDrain {
+        /// The node.
+        node: NodeId,
+        /// Drained from now on, or not.
+        drained: bool,
+    },
+    /// The cloud sync as this node runs it: backlog per stream, last acknowledged batch, cloud
+    /// reachability and term. Meaningful on the gateway; other nodes say they do not sync.
+    Sync,
 }
 
 /// One reading sent by a producer: the sensor and its record (count, occupancy, speed, queue).
@@ -146,6 +165,11 @@ pub enum AdminResponse {
     Streams(Vec<StreamView>),
     /// Answer to [`AdminRequest::Query`]: (sequence, record) pairs in order.
     Records(Vec<(u64, Record)>),
+    /// Answer to [`AdminRequest::Gateway`], [`AdminRequest::GatewayTransfer`] and
+    /// [`AdminRequest::SetDrain`] (the view after the change).
+    Gateway(GatewayView),
+    /// Answer to [`AdminRequest::Sync`].
+    Sync(SyncView),
     /// The request could not be served.
     Error {
         /// What went wrong, worded for an operator.
@@ -212,4 +236,70 @@ pub struct MemberView {
     pub phi: f64,
     /// True for the row that describes the answering node itself.
     pub is_self: bool,
+}
+
+/// The control plane as one node sees it (`verge ctl gateway`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayView {
+    /// The answering node.
+    pub node: NodeId,
+    /// Its role: `leader`, `follower`, `candidate`, `learner`, `stopped`, or `off` when the node
+    /// runs no control plane.
+    pub role: String,
+    /// The gateway (Raft leader) this node knows of.
+    pub gateway: Option<NodeId>,
+    /// The gateway's QUIC address, when it is a configured peer or this node.
+    pub gateway_addr: Option<String>,
+    /// The current term.
+    pub term: u64,
+    /// Milliseconds since this node first saw the current gateway in this term.
+    pub since_ms: Option<u64>,
+    /// Voters of the control plane.
+    pub voters: Vec<NodeId>,
+    /// Learners (non-voting members).
+    pub learners: Vec<NodeId>,
+    /// Drained nodes.
+    pub drained: Vec<NodeId>,
+    /// Index of the last applied control-plane entry.
+    pub applied_index: Option<u64>,
+}
+
+/// The cloud sync as the answering node runs it (`verge ctl sync`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncView {
+    /// The answering node.
+    pub node: NodeId,
+    /// Whether this node is the gateway and syncing now.
+    pub syncing: bool,
+    /// Why it is not syncing, when it is not.
+    pub note: Option<String>,
+    /// The term its batches carry.
+    pub term: u64,
+    /// The cloud's URL, if configured.
+    pub cloud_url: Option<String>,
+    /// Whether the last exchange with the cloud got an answer.
+    pub cloud_reachable: Option<bool>,
+    /// The last error the cloud or the network gave, if any.
+    pub cloud_error: Option<String>,
+    /// Batches waiting in the durable outbox.
+    pub outbox_batches: u64,
+    /// Windows acknowledged by the cloud since this node became gateway.
+    pub windows_acked: u64,
+    /// Per aggregate stream.
+    pub streams: Vec<SyncStreamView>,
+}
+
+/// One aggregate stream's sync state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncStreamView {
+    /// The stream.
+    pub stream: StreamId,
+    /// The committed cursor: the highest sequence number the cloud acknowledged.
+    pub cursor: u64,
+    /// The highest sequence number readable from a live replica.
+    pub head: u64,
+    /// Windows not yet acknowledged (`head - cursor`).
+    pub backlog: u64,
+    /// The last batch the cloud acknowledged, as `(first_seq, last_seq)`.
+    pub last_acked: Option<(u64, u64)>,
 }

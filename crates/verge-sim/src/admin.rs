@@ -7,7 +7,8 @@ use std::sync::Arc;
 use verge_net::{NetConfig, NetError, admin_connect, connection_refusal, request};
 use verge_pki::{ClientAuth, PkiError, load_roots};
 use verge_proto::admin::{
-    AdminRequest, AdminResponse, IngestAck, IngestReading, MemberView, NodeStatus, StreamView,
+    AdminRequest, AdminResponse, GatewayView, IngestAck, IngestReading, MemberView, NodeStatus,
+    StreamView, SyncView,
 };
 use verge_proto::{Record, StreamId};
 
@@ -172,6 +173,57 @@ impl AdminClient {
         };
         match self.request(addr, &req).await? {
             AdminResponse::Records(v) => Ok(v),
+            _ => Err(AdminError::Unexpected { addr }),
+        }
+    }
+
+    /// The control plane as the node sees it: gateway, term, since when, members.
+    pub async fn gateway(&self, addr: SocketAddr) -> Result<GatewayView, AdminError> {
+        match self.request(addr, &AdminRequest::Gateway).await? {
+            AdminResponse::Gateway(v) => Ok(v),
+            _ => Err(AdminError::Unexpected { addr }),
+        }
+    }
+
+    /// Sends a gateway operation (transfer, drain) to the gateway: asks `addr` who it is, then
+    /// sends `req` there. Returns the gateway's view after the change.
+    pub async fn to_gateway(
+        &self,
+        addr: SocketAddr,
+        req: AdminRequest,
+    ) -> Result<GatewayView, AdminError> {
+        let view = self.gateway(addr).await?;
+        let target = match (&view.gateway, &view.gateway_addr) {
+            (Some(_), Some(a)) => a.parse().map_err(|_| AdminError::Node {
+                addr,
+                message: format!("the node named the gateway's address as `{a}`"),
+            })?,
+            (Some(g), None) => {
+                return Err(AdminError::Node {
+                    addr,
+                    message: format!("the gateway is {g}, whose address this node does not know"),
+                });
+            }
+            (None, _) => {
+                return Err(AdminError::Node {
+                    addr,
+                    message: format!(
+                        "node {} knows of no gateway (role {}): election in progress, or no control plane",
+                        view.node, view.role
+                    ),
+                });
+            }
+        };
+        match self.request(target, &req).await? {
+            AdminResponse::Gateway(v) => Ok(v),
+            _ => Err(AdminError::Unexpected { addr: target }),
+        }
+    }
+
+    /// The cloud sync as the node runs it.
+    pub async fn sync(&self, addr: SocketAddr) -> Result<SyncView, AdminError> {
+        match self.request(addr, &AdminRequest::Sync).await? {
+            AdminResponse::Sync(v) => Ok(v),
             _ => Err(AdminError::Unexpected { addr }),
         }
     }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
-use verge_proto::admin::{MemberView, NodeStatus};
+use verge_proto::admin::{AdminRequest, GatewayView, MemberView, NodeStatus, SyncView};
 use verge_sim::{AdminClient, AdminError};
 
 #[derive(Debug, Args)]
@@ -74,6 +74,41 @@ enum CtlCommand {
         /// Random loss of datagrams, per million.
         #[arg(long, default_value_t = 0)]
         loss_ppm: u32,
+    },
+    /// The gateway (control-plane leader): who, term, since when; `transfer` moves it.
+    #[command(
+        after_help = "Examples:\n  verge ctl --config ctl.toml gateway\n  verge ctl --config ctl.toml gateway transfer --to b3"
+    )]
+    Gateway {
+        #[command(subcommand)]
+        action: Option<GatewayAction>,
+    },
+    /// Drain a node: it gives up the gateway role and takes no offloaded work.
+    Drain {
+        /// The node.
+        node: verge_proto::NodeId,
+    },
+    /// Undo `drain`.
+    Undrain {
+        /// The node.
+        node: verge_proto::NodeId,
+    },
+    /// The cloud sync on the gateway: backlog per stream, last acknowledged batch, cloud
+    /// reachability, term. Asks the node given, or with --gateway the current gateway.
+    Sync {
+        /// Ask the current gateway rather than the node given.
+        #[arg(long)]
+        gateway: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GatewayAction {
+    /// Move the gateway role to another voter.
+    Transfer {
+        /// The voter that should become the gateway.
+        #[arg(long)]
+        to: verge_proto::NodeId,
     },
 }
 
@@ -172,7 +207,55 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
             .set_faults(endpoint, partition, loss_ppm)
             .await
             .map(|(p, loss)| print_faults(&p, loss, args.json)),
+        CtlCommand::Gateway { action: None } => client
+            .gateway(endpoint)
+            .await
+            .map(|v| print_gateway(&v, args.json)),
+        CtlCommand::Gateway {
+            action: Some(GatewayAction::Transfer { to }),
+        } => client
+            .to_gateway(endpoint, AdminRequest::GatewayTransfer { to })
+            .await
+            .map(|v| print_gateway(&v, args.json)),
+        CtlCommand::Drain { node } => client
+            .to_gateway(
+                endpoint,
+                AdminRequest::SetDrain {
+                    node,
+                    drained: true,
+                },
+            )
+            .await
+            .map(|v| print_gateway(&v, args.json)),
+        CtlCommand::Undrain { node } => client
+            .to_gateway(
+                endpoint,
+                AdminRequest::SetDrain {
+                    node,
+                    drained: false,
+                },
+            )
+            .await
+            .map(|v| print_gateway(&v, args.json)),
+        CtlCommand::Sync { gateway } => {
+            let target = if gateway {
+                match client.gateway(endpoint).await {
+                    Ok(v) => v
+                        .gateway_addr
+                        .and_then(|a| a.parse().ok())
+                        .unwrap_or(endpoint),
+                    Err(e) => return report(Err(e)),
+                }
+            } else {
+                endpoint
+            };
+            client.sync(target).await.map(|v| print_sync(&v, args.json))
+        }
     };
+    report(result)
+}
+
+fn report(result: Result<anyhow::Result<()>, AdminError>) -> anyhow::Result<ExitCode> {
     match result {
         Ok(printed) => {
             printed?;
@@ -184,6 +267,148 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+fn ids(v: &[verge_proto::NodeId]) -> Vec<&str> {
+    v.iter().map(verge_proto::NodeId::as_str).collect()
+}
+
+fn print_gateway(v: &GatewayView, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "node": v.node.as_str(),
+                "role": v.role,
+                "gateway": v.gateway.as_ref().map(verge_proto::NodeId::as_str),
+                "gateway_addr": v.gateway_addr,
+                "term": v.term,
+                "since_ms": v.since_ms,
+                "voters": ids(&v.voters),
+                "learners": ids(&v.learners),
+                "drained": ids(&v.drained),
+                "applied_index": v.applied_index,
+            }))?
+        );
+        return Ok(());
+    }
+    match &v.gateway {
+        Some(g) => println!(
+            "gateway  {g}{}",
+            v.gateway_addr
+                .as_ref()
+                .map(|a| format!(" ({a})"))
+                .unwrap_or_default()
+        ),
+        None => println!("gateway  none known (election in progress?)"),
+    }
+    println!("term     {}", v.term);
+    if let Some(ms) = v.since_ms {
+        println!(
+            "since    {:.1} s ago (as {} saw it)",
+            ms as f64 / 1e3,
+            v.node
+        );
+    }
+    println!("asked    {} ({})", v.node, v.role);
+    println!("voters   {}", ids(&v.voters).join(", "));
+    println!(
+        "learners {}",
+        if v.learners.is_empty() {
+            "-".to_owned()
+        } else {
+            ids(&v.learners).join(", ")
+        }
+    );
+    println!(
+        "drained  {}",
+        if v.drained.is_empty() {
+            "-".to_owned()
+        } else {
+            ids(&v.drained).join(", ")
+        }
+    );
+    Ok(())
+}
+
+fn print_sync(v: &SyncView, json: bool) -> anyhow::Result<()> {
+    if json {
+        let streams: Vec<serde_json::Value> = v
+            .streams
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "stream": s.stream.to_string(),
+                    "cursor": s.cursor,
+                    "head": s.head,
+                    "backlog": s.backlog,
+                    "last_acked": s.last_acked,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "node": v.node.as_str(),
+                "syncing": v.syncing,
+                "note": v.note,
+                "term": v.term,
+                "cloud_url": v.cloud_url,
+                "cloud_reachable": v.cloud_reachable,
+                "cloud_error": v.cloud_error,
+                "outbox_batches": v.outbox_batches,
+                "windows_acked": v.windows_acked,
+                "backlog": v.streams.iter().map(|s| s.backlog).sum::<u64>(),
+                "streams": streams,
+            }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "node     {} ({})",
+        v.node,
+        if v.syncing {
+            "gateway, syncing"
+        } else {
+            "not syncing"
+        }
+    );
+    if let Some(note) = &v.note {
+        println!("note     {note}");
+    }
+    println!("term     {}", v.term);
+    println!(
+        "cloud    {} — {}",
+        v.cloud_url.as_deref().unwrap_or("not configured"),
+        match v.cloud_reachable {
+            Some(true) => "reachable".to_owned(),
+            Some(false) => format!(
+                "UNREACHABLE ({})",
+                v.cloud_error.as_deref().unwrap_or("no answer")
+            ),
+            None => "no answer yet".to_owned(),
+        }
+    );
+    println!(
+        "outbox   {} batches; {} windows acknowledged",
+        v.outbox_batches, v.windows_acked
+    );
+    println!(
+        "{:<32} {:>10} {:>10} {:>10}  LAST ACKED",
+        "STREAM", "CURSOR", "HEAD", "BACKLOG"
+    );
+    for s in &v.streams {
+        println!(
+            "{:<32} {:>10} {:>10} {:>10}  {}",
+            s.stream.to_string(),
+            s.cursor,
+            s.head,
+            s.backlog,
+            s.last_acked
+                .map_or("-".to_owned(), |(a, b)| format!("{a}..{b}"))
+        );
+    }
+    Ok(())
 }
 
 fn print_status(s: &NodeStatus, json: bool) -> anyhow::Result<()> {

