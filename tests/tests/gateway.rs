@@ -14,7 +14,7 @@ use verge_cloud::CloudClient;
 use verge_proto::admin::StreamRole;
 use verge_proto::{NodeId, StreamId, StreamKind};
 use verge_sim::{ClusterSpec, LocalCluster};
-use verge_tests::{TEST_TIMEOUT, http_get, metric_sum, verge_bin};
+use verge_tests::{TEST_TIMEOUT, http_get, metric, metric_sum, verge_bin};
 
 const TOKEN: &str = "gateway-test-token";
 const CLUSTER: &str = "gw-test";
@@ -124,9 +124,9 @@ impl Drop for Cloud {
     }
 }
 
-/// Five nodes b1..b5, voters b1..b3, 1 s windows, synthetic traffic, syncing to `cloud`.
-fn corridor(cloud: &Cloud) -> LocalCluster {
-    let mut spec = ClusterSpec::corridor(verge_bin(), 5);
+/// `n` nodes b1..bn, voters b1..b3, 1 s windows, synthetic traffic, syncing to `cloud`.
+fn corridor(cloud: &Cloud, n: usize) -> LocalCluster {
+    let mut spec = ClusterSpec::corridor(verge_bin(), n);
     spec.extra_config = format!(
         "\n[faults]\nenabled = true\n\n[control]\nvoters = [\"b1\", \"b2\", \"b3\"]\n\n[aggregation]\nwindow_ms = 1000\nallowed_lateness_ms = 200\n\n[sensors.synthetic]\nsensors = 4\nrate_per_s = 200.0\n{}",
         cloud.config(cloud.dir.path())
@@ -272,7 +272,7 @@ async fn killing_the_gateway_five_times_loses_and_duplicates_no_window() {
     tokio::time::timeout(TEST_TIMEOUT * 2, async {
         let cloud = Cloud::start();
         cloud.wait_ready().await;
-        let mut c = corridor(&cloud);
+        let mut c = corridor(&cloud, 5);
         verge_tests::start_mesh(&mut c).await;
         let mut running = vec![true; c.nodes.len()];
         let client = cloud.client();
@@ -331,13 +331,129 @@ async fn killing_the_gateway_five_times_loses_and_duplicates_no_window() {
     .expect("test timed out");
 }
 
+/// The gateway cut off from every peer keeps believing it leads for a while and keeps posting
+/// its own windows with its old term; the cloud refuses them (fencing) once the new gateway's
+/// term is in, and after the heal nothing is missing or duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_gateway_is_fenced_by_the_cloud() {
+    let _serial = SERIAL.lock().await;
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let cloud = Cloud::start();
+        cloud.wait_ready().await;
+        let mut c = corridor(&cloud, 3);
+        verge_tests::start_mesh(&mut c).await;
+        let running = vec![true; c.nodes.len()];
+        let client = cloud.client();
+        let (old, old_id, old_term) =
+            wait_gateway(&c, &running, None, Duration::from_secs(10)).await;
+        let others: Vec<NodeId> = c
+            .nodes
+            .iter()
+            .filter(|n| n.id != old_id)
+            .map(|n| n.id.clone())
+            .collect();
+        let admin = c.admin();
+        admin
+            .set_faults(c.nodes[old].listen, others.clone(), 0)
+            .await
+            .expect("cut the gateway off");
+        println!("cut {old_id} (gateway in term {old_term}) off from {others:?}");
+
+        // The others elect a new gateway, whose batches the cloud accepts.
+        let rest: Vec<bool> = c.nodes.iter().map(|n| n.id != old_id).collect();
+        let (_, new_id, new_term) =
+            wait_gateway(&c, &rest, Some(&old_id), Duration::from_secs(10)).await;
+        assert!(new_term > old_term);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while cloud_state(&client).await.is_none_or(|(t, _)| t < new_term) {
+            assert!(Instant::now() < deadline, "{new_id} never synced in term {new_term}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The old one still thinks it leads, posts its own windows, and is refused.
+        let view = admin.gateway(c.nodes[old].listen).await.expect("view");
+        println!("{old_id} sees gateway {:?} in term {}", view.gateway, view.term);
+        let fenced = verge_tests::eventually(Duration::from_secs(15), || {
+            metrics_of(&c, old, "verge_sync_batches_total{state=\"stale\"}") > 0.0
+        })
+        .await;
+        let sync = admin.sync(c.nodes[old].listen).await.expect("sync view");
+        assert!(
+            fenced,
+            "the cloud refused the old gateway's batches; its sync view: {sync:?}"
+        );
+        println!("{old_id} fenced: {:?}", sync.note);
+
+        admin
+            .set_faults(c.nodes[old].listen, Vec::new(), 0)
+            .await
+            .expect("heal");
+        let all: Vec<usize> = (0..c.nodes.len()).collect();
+        c.wait_for_mesh(&all, Duration::from_secs(20)).await.expect("healed");
+        let compared = check_cloud_matches_nodes(&c, &cloud, Duration::from_secs(30)).await;
+        println!("{compared} windows in the cloud, each exactly once");
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// The cloud is down for 60 s: windows wait in the streams and the outbox, and once it is back
+/// the backlog drains; the cloud ends with every window once, in order per stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sixty_second_cloud_outage_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    tokio::time::timeout(TEST_TIMEOUT * 2, async {
+        let mut cloud = Cloud::start();
+        cloud.wait_ready().await;
+        let mut c = corridor(&cloud, 3);
+        verge_tests::start_mesh(&mut c).await;
+        let running = vec![true; c.nodes.len()];
+        let client = cloud.client();
+        let (g, g_id, _) = wait_gateway(&c, &running, None, Duration::from_secs(10)).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while cloud_state(&client).await.is_none_or(|(_, w)| w == 0) {
+            assert!(Instant::now() < deadline, "nothing synced before the outage");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        cloud.kill();
+        println!("cloud down; gateway {g_id}");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let admin = c.admin();
+        let during = admin.sync(c.nodes[g].listen).await.expect("sync view");
+        let backlog: u64 = during.streams.iter().map(|s| s.backlog).sum();
+        println!(
+            "after 60 s: backlog {backlog} windows, cloud reachable {:?} ({:?})",
+            during.cloud_reachable, during.cloud_error
+        );
+        assert_eq!(during.cloud_reachable, Some(false), "{during:?}");
+        assert!(backlog >= 100, "a minute of windows of 3 nodes waits: {during:?}");
+
+        cloud.spawn();
+        cloud.wait_ready().await;
+        let drained = Instant::now();
+        let compared = check_cloud_matches_nodes(&c, &cloud, Duration::from_secs(30)).await;
+        println!(
+            "backlog drained and checked in {} ms: {compared} windows, each once, in order",
+            drained.elapsed().as_millis()
+        );
+        let after = admin.sync(c.nodes[g].listen).await.expect("sync view");
+        assert_eq!(after.cloud_reachable, Some(true), "{after:?}");
+    })
+    .await
+    .expect("test timed out");
+}
+
 /// Polls a future once on a throwaway runtime-free path: used inside `eventually` closures.
 fn futures_poll<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }
 
 /// Metrics of node `i`.
-#[allow(dead_code)]
-fn metrics_of(c: &LocalCluster, i: usize, family: &str) -> f64 {
-    http_get(c.nodes[i].metrics, "/metrics").map_or(0.0, |t| metric_sum(&t, family))
+fn metrics_of(c: &LocalCluster, i: usize, name: &str) -> f64 {
+    http_get(c.nodes[i].metrics, "/metrics").map_or(0.0, |t| {
+        if name.contains('{') {
+            metric(&t, name)
+        } else {
+            metric_sum(&t, name)
+        }
+    })
 }
