@@ -40,7 +40,7 @@ use crate::storage::{ListStreams, ReadRange, StoreActor};
 /// How long one control-plane call to a peer may take.
 const CONTROL_CALL_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the gateway asks where the aggregate streams are and how far they go.
-const HEADS_EVERY: Duration = Duration::from_millis(500);
+const HEADS_EVERY: Duration = Duration::from_millis(200);
 /// How long a peer may take to list its streams or serve a read.
 const PEER_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a drained gateway retries handing the role on.

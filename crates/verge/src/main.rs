@@ -2,6 +2,7 @@
 //! benchmarks. This file only parses arguments and calls into the crates; errors become a message
 //! on stderr and an exit code.
 
+mod bench_gateway;
 mod bench_net;
 mod bench_store;
 mod ctl;
@@ -138,6 +139,9 @@ enum BenchCommand {
     /// Group commit against naive inserts, then replicated ingest, ack latency and catch-up on
     /// three real nodes.
     Store(bench_store::BenchStoreArgs),
+    /// Gateway failover under SIGKILL (to a new leader, to its first acknowledged batch) and
+    /// the cloud-sync backlog drain after an outage, on five real nodes and a reference cloud.
+    Gateway(bench_gateway::BenchGatewayArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -246,6 +250,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(BenchCommand::Store(args)) => {
             runtime()?.block_on(bench_store::run(&args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Gateway(args)) => {
+            runtime()?.block_on(bench_gateway::run(&args))?;
             Ok(ExitCode::SUCCESS)
         }
     }
