@@ -1,5 +1,5 @@
 //! Harness for the process-level tests in `tests/tests/`: where the `verge` binary is, how to run
-//! it with a time bound, and how to read a node's `/metrics`.
+//! it with a time bound, and how to read a node's `/metrics`; [`cloud`] runs the reference cloud.
 //!
 //! The binary is the one `cargo build -p verge` left next to the test executables
 //! (`target/<profile>/verge`), or `$VERGE_BIN`. The README's test command builds it first.
@@ -11,6 +11,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use verge_sim::{ClusterSpec, LocalCluster};
+
+pub mod cloud;
 
 /// Every test is bounded by this.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(90);

@@ -20,6 +20,14 @@ pub const PATH_SUMMARY: &str = "/v1/summary";
 pub const PATH_HEALTH: &str = "/healthz";
 /// `GET`; Prometheus text. Needs no token.
 pub const PATH_METRICS: &str = "/metrics";
+/// `GET` the [`Fault`] in force, `POST` a new one; only on a cloud started with fault injection
+/// on (`verge cloud serve --faults`), answered 403 otherwise. Same credentials as batches.
+pub const PATH_FAULTS: &str = "/v1/faults";
+
+/// How long `delay` holds each batch when the request names no `delay_ms`.
+pub const FAULT_DELAY_MS_DEFAULT: u64 = 10_000;
+/// The longest `delay_ms` accepted: five minutes, long past any client's timeout.
+pub const FAULT_DELAY_MS_MAX: u64 = 300_000;
 
 /// The most windows one batch may carry (the body limit usually bites first).
 pub const WINDOWS_PER_BATCH_MAX: usize = 100_000;
@@ -385,9 +393,153 @@ pub struct WindowsPage {
     pub next_from: Option<u64>,
 }
 
+/// How the reference cloud misbehaves towards `POST /v1/batches` (fault injection, for tests
+/// and simulations). Every other endpoint, `/v1/faults` included, answers normally in every mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultMode {
+    /// No fault: batches are handled normally.
+    None,
+    /// HTTP 500 with an [`ErrorBody`]; nothing is stored.
+    Error,
+    /// The batch is handled normally (stored if it would have been, refused if it would have
+    /// been), but the answer is replaced by HTTP 200 with a body that is not a [`BatchAck`]: the
+    /// worst case, where the client cannot know the batch is held and must retry, and the retry
+    /// is deduplicated.
+    Garbage,
+    /// The request is held for `delay_ms`, then handled normally. A client whose timeout is
+    /// shorter gives up first; whether the batch is then stored depends on whether its
+    /// connection is still readable when the delay ends, and a retry is deduplicated either way.
+    Delay,
+    /// The connection is closed without an HTTP answer, before the body is read; nothing is
+    /// stored. Like a cloud that is down, as far as the batch is concerned.
+    Down,
+}
+
+impl FaultMode {
+    /// The name used on the wire, on the command line and in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultMode::None => "none",
+            FaultMode::Error => "error",
+            FaultMode::Garbage => "garbage",
+            FaultMode::Delay => "delay",
+            FaultMode::Down => "down",
+        }
+    }
+}
+
+impl std::fmt::Display for FaultMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The body of `POST /v1/faults`, and the answer to both `GET` and `POST` (the fault now in
+/// force, with `delay_ms` filled in for `delay`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    /// What the cloud does to batches.
+    pub mode: FaultMode,
+    /// For `delay` only: how long each batch is held, in milliseconds, at most
+    /// [`FAULT_DELAY_MS_MAX`]; [`FAULT_DELAY_MS_DEFAULT`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+}
+
+/// Why a [`Fault`] is refused (HTTP 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FaultError {
+    /// `delay_ms` was given for a mode that does not delay.
+    #[error("delay_ms applies to mode `delay` only, not `{0}`")]
+    DelayWithoutDelayMode(FaultMode),
+    /// `delay_ms` is above [`FAULT_DELAY_MS_MAX`].
+    #[error("delay_ms {0} is more than the {FAULT_DELAY_MS_MAX} allowed")]
+    DelayTooLong(u64),
+}
+
+impl Fault {
+    /// No fault.
+    pub const NONE: Fault = Fault {
+        mode: FaultMode::None,
+        delay_ms: None,
+    };
+
+    /// Checks a requested fault and fills in the default delay: the fault the cloud will apply.
+    pub fn checked(self) -> Result<Fault, FaultError> {
+        match (self.mode, self.delay_ms) {
+            (FaultMode::Delay, Some(ms)) if ms > FAULT_DELAY_MS_MAX => {
+                Err(FaultError::DelayTooLong(ms))
+            }
+            (FaultMode::Delay, ms) => Ok(Fault {
+                mode: FaultMode::Delay,
+                delay_ms: Some(ms.unwrap_or(FAULT_DELAY_MS_DEFAULT)),
+            }),
+            (mode, Some(_)) => Err(FaultError::DelayWithoutDelayMode(mode)),
+            (mode, None) => Ok(Fault {
+                mode,
+                delay_ms: None,
+            }),
+        }
+    }
+
+    /// How long a batch is held before it is handled: `delay_ms` in mode `delay`, else nothing.
+    pub fn delay(&self) -> Option<std::time::Duration> {
+        match self.mode {
+            FaultMode::Delay => Some(std::time::Duration::from_millis(
+                self.delay_ms.unwrap_or(FAULT_DELAY_MS_DEFAULT),
+            )),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.delay() {
+            Some(d) => write!(f, "{} ({} ms)", self.mode, d.as_millis()),
+            None => write!(f, "{}", self.mode),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn faults_are_checked_and_the_delay_filled_in() {
+        let f: Fault = serde_json::from_str(r#"{"mode":"delay"}"#).expect("json");
+        assert_eq!(
+            f.checked(),
+            Ok(Fault {
+                mode: FaultMode::Delay,
+                delay_ms: Some(FAULT_DELAY_MS_DEFAULT)
+            })
+        );
+        let f: Fault = serde_json::from_str(r#"{"mode":"delay","delay_ms":250}"#).expect("json");
+        assert_eq!(
+            f.checked().expect("ok").delay(),
+            Some(std::time::Duration::from_millis(250))
+        );
+        let f: Fault = serde_json::from_str(r#"{"mode":"error","delay_ms":250}"#).expect("json");
+        assert_eq!(
+            f.checked(),
+            Err(FaultError::DelayWithoutDelayMode(FaultMode::Error))
+        );
+        let f = Fault {
+            mode: FaultMode::Delay,
+            delay_ms: Some(FAULT_DELAY_MS_MAX + 1),
+        };
+        assert!(matches!(f.checked(), Err(FaultError::DelayTooLong(_))));
+        assert!(serde_json::from_str::<Fault>(r#"{"mode":"flaky"}"#).is_err());
+        assert!(serde_json::from_str::<Fault>(r#"{"mode":"none","x":1}"#).is_err());
+        assert_eq!(
+            serde_json::to_string(&Fault::NONE).expect("json"),
+            r#"{"mode":"none"}"#
+        );
+    }
 
     fn batch(first: u64, n: u64) -> Batch {
         Batch {

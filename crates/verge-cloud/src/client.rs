@@ -24,8 +24,8 @@ use verge_pki::ClientAuth;
 
 use crate::CloudError;
 use crate::api::{
-    Batch, BatchAck, ErrorBody, PATH_BATCHES, PATH_HEALTH, PATH_SUMMARY, PATH_WINDOWS, Summary,
-    Window, WindowsPage,
+    Batch, BatchAck, ErrorBody, Fault, PATH_BATCHES, PATH_FAULTS, PATH_HEALTH, PATH_SUMMARY,
+    PATH_WINDOWS, Summary, Window, WindowsPage,
 };
 
 /// The largest answer read, in bytes (a full page of windows fits).
@@ -308,6 +308,33 @@ impl CloudClient {
                 None => return Ok(out),
             }
         }
+    }
+
+    /// The fault the cloud is injecting (`GET /v1/faults`). A cloud started without fault
+    /// injection refuses with [`QueryError::Rejected`] (403).
+    pub async fn fault(&self) -> Result<Fault, QueryError> {
+        self.get_json(PATH_FAULTS.to_owned()).await
+    }
+
+    /// Puts `fault` in force on the cloud (`POST /v1/faults`) and returns the fault now in force
+    /// (with the default delay filled in). A cloud started without fault injection refuses with
+    /// [`QueryError::Rejected`] (403), as it does a fault it finds invalid (400).
+    pub async fn set_fault(&self, fault: Fault) -> Result<Fault, QueryError> {
+        let body = serde_json::to_vec(&fault).map_err(|e| QueryError::Rejected {
+            status: 0,
+            message: format!("the fault cannot be encoded: {e}"),
+        })?;
+        let body = self
+            .exchange(Method::POST, PATH_FAULTS, Bytes::from(body))
+            .await
+            .map_err(|f| self.query_error(f))?;
+        serde_json::from_slice(&body).map_err(|e| {
+            QueryError::Unavailable(format!(
+                "{}{PATH_FAULTS} answered 200 with a body that is not a fault ({e}): {}",
+                self.base,
+                quote(&body)
+            ))
+        })
     }
 
     /// Whether the cloud answers `/healthz` with 200.

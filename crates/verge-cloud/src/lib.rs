@@ -18,17 +18,24 @@
 //!   stored for any refusal (400, 401, 409, 413, 503).
 //! - **Bounded.** Bodies, connections, handshakes, reads and answers each have a named limit.
 //!
+//! - **Faults only when asked.** A cloud started with fault injection on
+//!   ([`CloudServerConfig::faults_enabled`], `verge cloud serve --faults`) takes a [`Fault`] at
+//!   `POST /v1/faults` and misbehaves towards batches accordingly (500s, garbage answers, delays,
+//!   dropped connections; see [`FaultMode`]); the guarantees above still hold for whatever it does
+//!   store. Without the flag the endpoint refuses with 403 and batches are never faulted.
+//!
 //! It does not check that a stream's windows arrive in order or without gaps (the summary shows
 //! gaps as `missing`), nor who may send which cluster: any authenticated client may post for any
 //! cluster name. It is a reference and test endpoint, not a multi-tenant service.
 //!
 //! Module map: [`api`] (wire types and batch checks), [`ingest`] (the pure decision), [`store`]
 //! (sled layout), [`writer`] (the one writer, group commit), [`server`], [`client`], [`tls`],
-//! [`metrics`].
+//! [`metrics`], and `fault` (fault injection's switch and connection gate).
 
 pub mod api;
 pub mod client;
 mod error;
+mod fault;
 pub mod ingest;
 pub mod metrics;
 pub mod server;
@@ -36,7 +43,10 @@ pub mod store;
 pub mod tls;
 pub mod writer;
 
-pub use api::{Batch, BatchAck, BatchError, BatchKey, Summary, Window, WindowsPage};
+pub use api::{
+    Batch, BatchAck, BatchError, BatchKey, Fault, FaultError, FaultMode, Summary, Window,
+    WindowsPage,
+};
 pub use client::{CloudClient, PostError, PostOutcome, QueryError};
 pub use error::CloudError;
 pub use server::{CloudServerConfig, RunningCloud, ShutdownHandle, read_token_file, serve};

@@ -6,7 +6,9 @@
 //!   and windows already held when a batch arrived;
 //! - `verge_cloud_window_conflicts_total`: held windows a batch disagreed with (a bug upstream);
 //! - `verge_cloud_highest_term{cluster}`: the fencing term per cluster;
-//! - `verge_cloud_request_seconds{route}`: request latency, from headers read to answer ready.
+//! - `verge_cloud_request_seconds{route}`: request latency, from headers read to answer ready;
+//! - `verge_cloud_faults_applied_total{mode}`: batch requests that an injected fault (`error`,
+//!   `garbage`, `delay`, `down`) was applied to.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +19,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::api::FaultMode;
 
 /// What became of a posted batch.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -86,6 +90,17 @@ impl EncodeLabelValue for Route {
     }
 }
 
+impl EncodeLabelValue for FaultMode {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabel {
+    mode: FaultMode,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: BatchResult,
@@ -111,6 +126,7 @@ pub struct Metrics {
     window_conflicts: Counter,
     highest_term: Family<ClusterLabel, Gauge>,
     latency: Family<RouteLabel, Histogram>,
+    faults_applied: Family<ModeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -158,6 +174,12 @@ impl Metrics {
             "Request latency in seconds, by route",
             latency.clone(),
         );
+        let faults_applied = Family::<ModeLabel, Counter>::default();
+        registry.register(
+            "faults_applied",
+            "Batch requests an injected fault was applied to, by mode",
+            faults_applied.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             batches,
@@ -166,7 +188,13 @@ impl Metrics {
             window_conflicts,
             highest_term,
             latency,
+            faults_applied,
         }
+    }
+
+    /// Counts a batch request that an injected fault was applied to.
+    pub fn fault_applied(&self, mode: FaultMode) {
+        self.faults_applied.get_or_create(&ModeLabel { mode }).inc();
     }
 
     /// Counts a posted batch by its result.

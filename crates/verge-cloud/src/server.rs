@@ -6,6 +6,11 @@
 //! the bearer token or a client certificate signed by the configured client CA; `/healthz` and
 //! `/metrics` need neither. A POST is answered only once its batch is durable.
 //!
+//! With [`CloudServerConfig::faults_enabled`], `GET`/`POST /v1/faults` read and set a
+//! [`Fault`] that `POST /v1/batches` then suffers (see [`FaultMode`]); `error` and injected
+//! `down` requests are counted only in `verge_cloud_faults_applied_total`, while `delay` and
+//! `garbage` batches are handled, and counted by result, as usual.
+//!
 //! Bounds: [`CONNECTIONS_MAX`] open connections (more are closed at once),
 //! [`HANDSHAKE_TIMEOUT`] for TLS, [`HEADER_READ_TIMEOUT`] for a request's headers,
 //! [`BODY_READ_TIMEOUT`] and [`CloudServerConfig::body_limit`] for its body, [`SHUTDOWN_GRACE`]
@@ -21,7 +26,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json};
@@ -37,9 +42,10 @@ use tracing::{debug, info, warn};
 
 use crate::CloudError;
 use crate::api::{
-    Batch, BatchAck, ErrorBody, PATH_BATCHES, PATH_HEALTH, PATH_METRICS, PATH_SUMMARY,
-    PATH_WINDOWS, WINDOWS_PAGE_DEFAULT, WINDOWS_PAGE_MAX, WindowsPage,
+    Batch, BatchAck, ErrorBody, Fault, FaultMode, PATH_BATCHES, PATH_FAULTS, PATH_HEALTH,
+    PATH_METRICS, PATH_SUMMARY, PATH_WINDOWS, WINDOWS_PAGE_DEFAULT, WINDOWS_PAGE_MAX, WindowsPage,
 };
+use crate::fault::{FAULT_HEADER, FaultSwitch, GARBAGE_BODY, Gated};
 use crate::metrics::{BatchResult, Metrics, Route};
 use crate::store::{CloudStore, Ingested, StoreError, StoreReader};
 use crate::writer::{self, WriterHandle};
@@ -60,6 +66,8 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Bodies up to this size are parsed on the async thread; larger ones on the blocking pool.
 const PARSE_INLINE_BYTES_MAX: usize = 256 << 10;
+/// The largest `POST /v1/faults` body accepted, in bytes.
+pub const FAULT_BODY_BYTES_MAX: usize = 4096;
 /// The longest bearer token accepted in configuration.
 pub const TOKEN_CHARS_MAX: usize = 4096;
 
@@ -83,6 +91,9 @@ pub struct CloudServerConfig {
     pub tls_key: Option<PathBuf>,
     /// The largest POST body accepted, in bytes; larger is refused with 413.
     pub body_limit: usize,
+    /// Whether `POST /v1/faults` may make the cloud misbehave (for tests and simulations; see
+    /// [`FaultMode`]). Off, the endpoint refuses with 403 and no batch is ever faulted.
+    pub faults_enabled: bool,
 }
 
 impl CloudServerConfig {
@@ -96,6 +107,7 @@ impl CloudServerConfig {
             tls_cert: None,
             tls_key: None,
             body_limit: BODY_BYTES_MAX_DEFAULT,
+            faults_enabled: false,
         }
     }
 }
@@ -192,6 +204,8 @@ struct AppState {
     reader: StoreReader,
     metrics: Metrics,
     healthy: Arc<AtomicBool>,
+    /// The fault in force; `None` when fault injection is off.
+    faults: Option<FaultSwitch>,
 }
 
 /// Starts the cloud: binds `config.listen`, loads or makes its certificate, opens its store,
@@ -236,6 +250,14 @@ pub async fn serve(config: CloudServerConfig) -> Result<RunningCloud, CloudError
     let healthy = Arc::new(AtomicBool::new(true));
     let (writer, writer_thread) = writer::spawn(store, metrics.clone(), healthy.clone())
         .map_err(|e| CloudError::Server(format!("cannot start the writer thread: {e}")))?;
+    let faults = config.faults_enabled.then(FaultSwitch::new);
+    if faults.is_some() {
+        warn!("fault injection is on: POST {PATH_FAULTS} can make this cloud fail batches");
+    }
+    let gate = Gate {
+        faults: faults.clone(),
+        metrics: metrics.clone(),
+    };
     let state = Arc::new(AppState {
         token: config.token.clone(),
         body_limit: config.body_limit,
@@ -243,9 +265,11 @@ pub async fn serve(config: CloudServerConfig) -> Result<RunningCloud, CloudError
         reader,
         metrics,
         healthy,
+        faults,
     });
     let router = Router::new()
         .route(PATH_BATCHES, post(post_batch))
+        .route(PATH_FAULTS, get(get_faults).post(post_faults))
         .route(PATH_WINDOWS, get(get_windows))
         .route(PATH_SUMMARY, get(get_summary))
         .route(PATH_HEALTH, get(health))
@@ -258,6 +282,7 @@ pub async fn serve(config: CloudServerConfig) -> Result<RunningCloud, CloudError
         listener,
         acceptor,
         router,
+        gate,
         stop_rx,
         writer_thread,
     ));
@@ -269,10 +294,18 @@ pub async fn serve(config: CloudServerConfig) -> Result<RunningCloud, CloudError
     })
 }
 
+/// What each connection needs to apply the `down` fault.
+#[derive(Debug, Clone)]
+struct Gate {
+    faults: Option<FaultSwitch>,
+    metrics: Metrics,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     router: Router,
+    gate: Gate,
     mut stop: watch::Receiver<bool>,
     writer_thread: thread::JoinHandle<()>,
 ) -> Result<(), CloudError> {
@@ -293,6 +326,7 @@ async fn accept_loop(
                         peer,
                         acceptor.clone(),
                         router.clone(),
+                        gate.clone(),
                         conn_stop.clone(),
                     ));
                 }
@@ -339,6 +373,7 @@ async fn connection(
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     router: Router,
+    gate: Gate,
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
@@ -360,7 +395,11 @@ async fn connection(
             .peer_certificates()
             .is_some_and(|c| !c.is_empty()),
     };
-    let svc = TowerToHyperService::new(router.layer(Extension(cert)));
+    let svc = Gated::new(
+        TowerToHyperService::new(router.layer(Extension(cert))),
+        gate.faults,
+        gate.metrics,
+    );
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
@@ -422,6 +461,20 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl AppState {
+    /// Reads (and drops) a body that will not be used, so that the refusal sent after it
+    /// arrives instead of a connection reset; bounded by the body limit and [`DRAIN_TIMEOUT`].
+    async fn drain(&self, body: axum::body::Body) {
+        let drain = Limited::new(body, self.body_limit).collect();
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+    }
+
+    /// The fault in force ([`Fault::NONE`] when fault injection is off).
+    fn fault(&self) -> Fault {
+        self.faults
+            .as_ref()
+            .map_or(Fault::NONE, FaultSwitch::current)
+    }
+
     fn authorize(&self, headers: &HeaderMap, cert: Option<&ClientCert>) -> Result<(), ApiError> {
         if cert.is_some_and(|c| c.verified) {
             return Ok(());
@@ -452,6 +505,17 @@ impl AppState {
         }
     }
 
+    /// The fault switch, or the 403 that says fault injection is off.
+    fn fault_switch(&self) -> Result<&FaultSwitch, ApiError> {
+        self.faults.as_ref().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "fault injection is off: this cloud was started without --faults \
+                 (faults_enabled), so its faults cannot be read or set",
+            )
+        })
+    }
+
     async fn ingest(
         &self,
         req: Request,
@@ -461,8 +525,7 @@ impl AppState {
             // Read (and drop) the body before refusing: a server that closes with unread bytes
             // resets the connection, and the client would see "connection reset" instead of
             // the 401 that tells its operator the token is wrong.
-            let drain = Limited::new(body, self.body_limit).collect();
-            let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+            self.drain(body).await;
             return Err((BatchResult::Unauthorized, e));
         }
         let too_large = || {
@@ -549,13 +612,106 @@ async fn parse(body: bytes::Bytes) -> Result<Batch, String> {
 
 async fn post_batch(State(st): State<Arc<AppState>>, req: Request) -> Response {
     let started = Instant::now();
+    // Read once: a fault set while this request waits applies to the next one.
+    let fault = st.fault();
+    if fault.mode != FaultMode::None {
+        st.metrics.fault_applied(fault.mode);
+    }
+    if fault.mode == FaultMode::Error {
+        st.drain(req.into_body()).await;
+        let mut resp = ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "fault injection (mode error): the batch was not stored",
+        )
+        .into_response();
+        resp.headers_mut()
+            .insert(FAULT_HEADER, HeaderValue::from_static("error"));
+        return resp;
+    }
+    if let Some(delay) = fault.delay() {
+        tokio::time::sleep(delay).await;
+    }
     let (result, resp) = match st.ingest(req).await {
         Ok(ok) => ok,
         Err((result, err)) => (result, err.into_response()),
     };
     st.metrics.batch(result);
     st.metrics.latency(Route::Batches, started.elapsed());
+    if fault.mode == FaultMode::Garbage {
+        return (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (HeaderName::from_static(FAULT_HEADER), "garbage"),
+            ],
+            GARBAGE_BODY,
+        )
+            .into_response();
+    }
     resp
+}
+
+/// `GET /v1/faults`: the fault in force.
+async fn get_faults(
+    State(st): State<Arc<AppState>>,
+    cert: Option<Extension<ClientCert>>,
+    headers: HeaderMap,
+) -> Response {
+    let answer = st
+        .authorize(&headers, cert.as_ref().map(|c| &c.0))
+        .and_then(|()| st.fault_switch())
+        .map(|s| Json(s.current()).into_response());
+    answer.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `POST /v1/faults`: puts a [`Fault`] in force and answers with it.
+async fn post_faults(State(st): State<Arc<AppState>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let allowed = st
+        .authorize(&parts.headers, parts.extensions.get::<ClientCert>())
+        .and_then(|()| st.fault_switch());
+    let switch = match allowed {
+        Ok(s) => s.clone(),
+        Err(e) => {
+            st.drain(body).await;
+            return e.into_response();
+        }
+    };
+    let read = Limited::new(body, FAULT_BODY_BYTES_MAX).collect();
+    let bytes = match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("a fault is at most {FAULT_BODY_BYTES_MAX} bytes"),
+            )
+            .into_response();
+        }
+        Ok(Err(e)) => {
+            return ApiError::bad(format!("the body could not be read: {e}")).into_response();
+        }
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body did not arrive within {BODY_READ_TIMEOUT:?}"),
+            )
+            .into_response();
+        }
+    };
+    let fault = match serde_json::from_slice::<Fault>(&bytes) {
+        Ok(f) => f.checked().map_err(ApiError::bad),
+        Err(e) => Err(ApiError::bad(format!(
+            "the body is not a fault like {{\"mode\":\"delay\",\"delay_ms\":10000}} \
+             (modes: none, error, garbage, delay, down): {e}"
+        ))),
+    };
+    match fault {
+        Ok(fault) => {
+            switch.set(fault);
+            Json(fault).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
 }
 
 /// `GET /v1/windows` query.

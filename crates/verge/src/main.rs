@@ -97,7 +97,63 @@ enum CloudCommand {
         /// Largest POST body accepted, in bytes.
         #[arg(long, default_value_t = verge_cloud::server::BODY_BYTES_MAX_DEFAULT)]
         body_limit: usize,
+        /// Let `verge cloud fault` (POST /v1/faults) make this cloud fail batches: for tests
+        /// and simulations only.
+        #[arg(long)]
+        faults: bool,
     },
+    /// Show or set the fault a cloud started with `--faults` injects into batch posts.
+    #[command(
+        after_help = "Examples:\n  verge cloud fault --url https://127.0.0.1:8443 --ca cloud/tls/cert.pem --token-file cloud.token --mode error\n  verge cloud fault --url https://127.0.0.1:8443 --ca cloud/tls/cert.pem --token-file cloud.token --mode delay --delay-ms 3000\n  verge cloud fault --url https://127.0.0.1:8443 --ca cloud/tls/cert.pem --token-file cloud.token   # show\n\nModes, for POST /v1/batches only (every other endpoint keeps working):\n  none     handle batches normally\n  error    HTTP 500, nothing stored\n  garbage  store as usual, but answer 200 with a body that is not an acknowledgement\n  delay    wait --delay-ms (default 10000), then handle normally\n  down     close the connection without an answer, nothing stored\n\nExits 3 if the cloud cannot be reached."
+    )]
+    Fault {
+        /// The cloud's base URL, like https://127.0.0.1:8443.
+        #[arg(long)]
+        url: String,
+        /// The certificate to trust for the cloud (its self-signed DATA/tls/cert.pem, or its CA).
+        #[arg(long)]
+        ca: PathBuf,
+        /// File holding the bearer token.
+        #[arg(long, conflicts_with = "token")]
+        token_file: Option<PathBuf>,
+        /// The bearer token (prefer --token-file: command lines are visible to others).
+        #[arg(long, env = "VERGE_CLOUD_TOKEN")]
+        token: Option<String>,
+        /// The fault to put in force; without it, the fault in force is shown.
+        #[arg(long, value_enum)]
+        mode: Option<FaultModeArg>,
+        /// For --mode delay: how long each batch is held, in milliseconds.
+        #[arg(long, requires = "mode")]
+        delay_ms: Option<u64>,
+        /// How long to wait for the cloud's answer, in milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+        /// Print the fault in force as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `verge cloud fault --mode`: the [`verge_cloud::FaultMode`]s, by their wire names.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FaultModeArg {
+    None,
+    Error,
+    Garbage,
+    Delay,
+    Down,
+}
+
+impl From<FaultModeArg> for verge_cloud::FaultMode {
+    fn from(m: FaultModeArg) -> Self {
+        match m {
+            FaultModeArg::None => Self::None,
+            FaultModeArg::Error => Self::Error,
+            FaultModeArg::Garbage => Self::Garbage,
+            FaultModeArg::Delay => Self::Delay,
+            FaultModeArg::Down => Self::Down,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -222,6 +278,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             tls_cert,
             tls_key,
             body_limit,
+            faults,
         }) => {
             let token = match token_file {
                 Some(f) => Some(verge_cloud::read_token_file(&f)?),
@@ -235,6 +292,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 tls_cert,
                 tls_key,
                 body_limit,
+                faults_enabled: faults,
             };
             runtime()?.block_on(async move {
                 let cloud = verge_cloud::serve(cfg).await?;
@@ -246,6 +304,50 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 wait_for_stop().await;
                 cloud.shutdown().await?;
                 anyhow::Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Cloud(CloudCommand::Fault {
+            url,
+            ca,
+            token_file,
+            token,
+            mode,
+            delay_ms,
+            timeout_ms,
+            json,
+        }) => {
+            let token = match token_file {
+                Some(f) => Some(verge_cloud::read_token_file(&f)?),
+                None => token,
+            };
+            let timeout = std::time::Duration::from_millis(timeout_ms);
+            runtime()?.block_on(async move {
+                let client = verge_cloud::CloudClient::new(&url, &ca, token, timeout)?;
+                let answer = match mode {
+                    Some(mode) => {
+                        let fault = verge_cloud::Fault {
+                            mode: mode.into(),
+                            delay_ms,
+                        };
+                        client.set_fault(fault).await
+                    }
+                    None => client.fault().await,
+                };
+                match answer {
+                    Ok(fault) if json => {
+                        println!("{}", serde_json::to_string(&fault)?);
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Ok(fault) => {
+                        println!("cloud {url}: fault {fault}");
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Err(e @ verge_cloud::QueryError::Unavailable(_)) => {
+                        eprintln!("error: {e}");
+                        Ok(ExitCode::from(EXIT_UNREACHABLE))
+                    }
+                    Err(e) => Err(e.into()),
+                }
             })
         }
         Command::Bench(BenchCommand::Store(args)) => {
