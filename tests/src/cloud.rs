@@ -69,8 +69,10 @@ impl CloudProcess {
             .expect("log file");
         let data = self.data_dir();
         let token = self.dir.path().join("token");
+        // A restart keeps the address, so nodes configured with the URL find it again.
+        let listen = self.addr.to_string();
         let mut child = Command::new(verge_bin())
-            .args(["cloud", "serve", "--listen", "127.0.0.1:0"])
+            .args(["cloud", "serve", "--listen", &listen])
             .arg("--data")
             .arg(&data)
             .arg("--token-file")
@@ -118,7 +120,7 @@ impl CloudProcess {
         }
     }
 
-    /// Starts the process again on the same data directory (on a new port).
+    /// Starts the process again on the same data directory and address.
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();

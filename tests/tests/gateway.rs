@@ -6,130 +6,41 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use verge_cloud::CloudClient;
 use verge_proto::admin::StreamRole;
 use verge_proto::{NodeId, StreamId, StreamKind};
 use verge_sim::{ClusterSpec, LocalCluster};
+use verge_tests::cloud::CloudProcess;
 use verge_tests::{TEST_TIMEOUT, http_get, metric, metric_sum, verge_bin};
 
-const TOKEN: &str = "gateway-test-token";
 const CLUSTER: &str = "gw-test";
 
-// Each test drives five nodes and a cloud; on two cores they run one at a time.
+// Each test drives several nodes and a cloud; on two cores they run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A `verge cloud serve` process with its own data directory.
-struct Cloud {
-    dir: tempfile::TempDir,
-    addr: SocketAddr,
-    child: Option<Child>,
+/// The `[cloud]` section that points a node at `cloud`.
+fn cloud_config(cloud: &CloudProcess) -> String {
+    let token = cloud.data_dir().with_file_name("token");
+    format!(
+        "\n[cloud]\nurl = \"{}\"\nca = \"{}\"\ntoken_file = \"{}\"\ncluster = \"{CLUSTER}\"\ntimeout_ms = 2000\nretry_ms_max = 1000\n",
+        cloud.url(),
+        cloud.cert().display(),
+        token.display()
+    )
 }
 
-impl Cloud {
-    fn start() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("verge-cloud-")
-            .tempdir()
-            .expect("tempdir");
-        std::fs::write(dir.path().join("token"), TOKEN).expect("token file");
-        let port = verge_sim::free_tcp_port().expect("port");
-        let mut c = Self {
-            dir,
-            addr: ([127, 0, 0, 1], port).into(),
-            child: None,
-        };
-        c.spawn();
-        c
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("cloud.log"))
-            .expect("log");
-        let err = log.try_clone().expect("log");
-        let child = Command::new(verge_bin())
-            .args(["cloud", "serve", "--listen"])
-            .arg(self.addr.to_string())
-            .arg("--data")
-            .arg(self.dir.path().join("data"))
-            .arg("--token-file")
-            .arg(self.dir.path().join("token"))
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .spawn()
-            .expect("spawn the cloud");
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn cert(&self) -> PathBuf {
-        self.dir.path().join("data/tls/cert.pem")
-    }
-
-    fn url(&self) -> String {
-        format!("https://{}", self.addr)
-    }
-
-    fn client(&self) -> CloudClient {
-        CloudClient::new(
-            &self.url(),
-            &self.cert(),
-            Some(TOKEN.to_owned()),
-            Duration::from_secs(5),
-        )
-        .expect("cloud client")
-    }
-
-    async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if self.cert().is_file() && self.client().health().await.is_ok() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the cloud did not come up:\n{}", self.log());
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("cloud.log")).unwrap_or_default()
-    }
-
-    fn config(&self, dir: &Path) -> String {
-        format!(
-            "\n[cloud]\nurl = \"{}\"\nca = \"{}\"\ntoken_file = \"{}\"\ncluster = \"{CLUSTER}\"\ntimeout_ms = 2000\nretry_ms_max = 1000\n",
-            self.url(),
-            self.cert().display(),
-            dir.join("token").display()
-        )
-    }
-}
-
-impl Drop for Cloud {
-    fn drop(&mut self) {
-        self.kill();
-    }
+fn client(cloud: &CloudProcess) -> CloudClient {
+    cloud.client(Duration::from_secs(5))
 }
 
 /// `n` nodes b1..bn, voters b1..b3, 1 s windows, synthetic traffic, syncing to `cloud`.
-fn corridor(cloud: &Cloud, n: usize) -> LocalCluster {
+fn corridor(cloud: &CloudProcess, n: usize) -> LocalCluster {
     let mut spec = ClusterSpec::corridor(verge_bin(), n);
     spec.extra_config = format!(
         "\n[faults]\nenabled = true\n\n[control]\nvoters = [\"b1\", \"b2\", \"b3\"]\n\n[aggregation]\nwindow_ms = 1000\nallowed_lateness_ms = 200\n\n[sensors.synthetic]\nsensors = 4\nrate_per_s = 200.0\n{}",
-        cloud.config(cloud.dir.path())
+        cloud_config(cloud)
     );
     LocalCluster::create(&spec).expect("layout")
 }
@@ -201,13 +112,17 @@ async fn aggregate_heads(c: &LocalCluster) -> BTreeMap<StreamId, (SocketAddr, u6
 
 /// Waits until the cloud holds every window up to each stream's head of now, then checks that it
 /// holds each exactly once and equal to the owner's record. Returns the windows compared.
-async fn check_cloud_matches_nodes(c: &LocalCluster, cloud: &Cloud, timeout: Duration) -> u64 {
+async fn check_cloud_matches_nodes(
+    c: &LocalCluster,
+    cloud: &CloudProcess,
+    timeout: Duration,
+) -> u64 {
     let heads = aggregate_heads(c).await;
     assert!(
         heads.len() >= c.nodes.len(),
         "every node has an aggregate stream: {heads:?}"
     );
-    let client = cloud.client();
+    let client = client(cloud);
     let deadline = Instant::now() + timeout;
     let admin = c.admin();
     let mut compared = 0;
@@ -270,12 +185,11 @@ async fn check_cloud_matches_nodes(c: &LocalCluster, cloud: &Cloud, timeout: Dur
 async fn killing_the_gateway_five_times_loses_and_duplicates_no_window() {
     let _serial = SERIAL.lock().await;
     tokio::time::timeout(TEST_TIMEOUT * 2, async {
-        let cloud = Cloud::start();
-        cloud.wait_ready().await;
+        let cloud = CloudProcess::start(&[]);
         let mut c = corridor(&cloud, 5);
         verge_tests::start_mesh(&mut c).await;
         let mut running = vec![true; c.nodes.len()];
-        let client = cloud.client();
+        let client = client(&cloud);
 
         let (_, first, term) = wait_gateway(&c, &running, None, Duration::from_secs(10)).await;
         println!("gateway {first} in term {term}");
@@ -338,12 +252,11 @@ async fn killing_the_gateway_five_times_loses_and_duplicates_no_window() {
 async fn a_cut_off_gateway_is_fenced_by_the_cloud() {
     let _serial = SERIAL.lock().await;
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let cloud = Cloud::start();
-        cloud.wait_ready().await;
+        let cloud = CloudProcess::start(&[]);
         let mut c = corridor(&cloud, 3);
         verge_tests::start_mesh(&mut c).await;
         let running = vec![true; c.nodes.len()];
-        let client = cloud.client();
+        let client = client(&cloud);
         let (old, old_id, old_term) =
             wait_gateway(&c, &running, None, Duration::from_secs(10)).await;
         let others: Vec<NodeId> = c
@@ -366,12 +279,18 @@ async fn a_cut_off_gateway_is_fenced_by_the_cloud() {
         assert!(new_term > old_term);
         let deadline = Instant::now() + Duration::from_secs(15);
         while cloud_state(&client).await.is_none_or(|(t, _)| t < new_term) {
-            assert!(Instant::now() < deadline, "{new_id} never synced in term {new_term}");
+            assert!(
+                Instant::now() < deadline,
+                "{new_id} never synced in term {new_term}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // The old one still thinks it leads, posts its own windows, and is refused.
         let view = admin.gateway(c.nodes[old].listen).await.expect("view");
-        println!("{old_id} sees gateway {:?} in term {}", view.gateway, view.term);
+        println!(
+            "{old_id} sees gateway {:?} in term {}",
+            view.gateway, view.term
+        );
         let fenced = verge_tests::eventually(Duration::from_secs(15), || {
             metrics_of(&c, old, "verge_sync_batches_total{state=\"stale\"}") > 0.0
         })
@@ -388,7 +307,9 @@ async fn a_cut_off_gateway_is_fenced_by_the_cloud() {
             .await
             .expect("heal");
         let all: Vec<usize> = (0..c.nodes.len()).collect();
-        c.wait_for_mesh(&all, Duration::from_secs(20)).await.expect("healed");
+        c.wait_for_mesh(&all, Duration::from_secs(20))
+            .await
+            .expect("healed");
         let compared = check_cloud_matches_nodes(&c, &cloud, Duration::from_secs(30)).await;
         println!("{compared} windows in the cloud, each exactly once");
     })
@@ -402,16 +323,18 @@ async fn a_cut_off_gateway_is_fenced_by_the_cloud() {
 async fn a_sixty_second_cloud_outage_loses_nothing() {
     let _serial = SERIAL.lock().await;
     tokio::time::timeout(TEST_TIMEOUT * 2, async {
-        let mut cloud = Cloud::start();
-        cloud.wait_ready().await;
+        let mut cloud = CloudProcess::start(&[]);
         let mut c = corridor(&cloud, 3);
         verge_tests::start_mesh(&mut c).await;
         let running = vec![true; c.nodes.len()];
-        let client = cloud.client();
+        let client = client(&cloud);
         let (g, g_id, _) = wait_gateway(&c, &running, None, Duration::from_secs(10)).await;
         let deadline = Instant::now() + Duration::from_secs(20);
         while cloud_state(&client).await.is_none_or(|(_, w)| w == 0) {
-            assert!(Instant::now() < deadline, "nothing synced before the outage");
+            assert!(
+                Instant::now() < deadline,
+                "nothing synced before the outage"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         cloud.kill();
@@ -425,10 +348,12 @@ async fn a_sixty_second_cloud_outage_loses_nothing() {
             during.cloud_reachable, during.cloud_error
         );
         assert_eq!(during.cloud_reachable, Some(false), "{during:?}");
-        assert!(backlog >= 100, "a minute of windows of 3 nodes waits: {during:?}");
+        assert!(
+            backlog >= 100,
+            "a minute of windows of 3 nodes waits: {during:?}"
+        );
 
-        cloud.spawn();
-        cloud.wait_ready().await;
+        cloud.restart();
         let drained = Instant::now();
         let compared = check_cloud_matches_nodes(&c, &cloud, Duration::from_secs(30)).await;
         println!(
@@ -437,6 +362,58 @@ async fn a_sixty_second_cloud_outage_loses_nothing() {
         );
         let after = admin.sync(c.nodes[g].listen).await.expect("sync view");
         assert_eq!(after.cloud_reachable, Some(true), "{after:?}");
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// The cloud answers 500s, then garbage, then takes 10 s per answer (longer than the gateway's
+/// 2 s timeout): the gateway logs and counts each, keeps every node running, and once the cloud
+/// behaves the cloud holds every window exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misbehaving_cloud_costs_nothing_but_time() {
+    let _serial = SERIAL.lock().await;
+    tokio::time::timeout(TEST_TIMEOUT * 2, async {
+        let cloud = CloudProcess::start(&["--faults"]);
+        let mut c = corridor(&cloud, 3);
+        verge_tests::start_mesh(&mut c).await;
+        let running = vec![true; c.nodes.len()];
+        let client = client(&cloud);
+        let (g, g_id, _) = wait_gateway(&c, &running, None, Duration::from_secs(10)).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while cloud_state(&client).await.is_none_or(|(_, w)| w == 0) {
+            assert!(Instant::now() < deadline, "nothing synced");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for (mode, hold) in [
+            (vec!["--mode", "error"], 5),
+            (vec!["--mode", "garbage"], 5),
+            (vec!["--mode", "delay", "--delay-ms", "10000"], 15),
+        ] {
+            cloud.set_fault(&mode);
+            let before = metrics_of(&c, g, "verge_sync_batches_total{state=\"unavailable\"}");
+            tokio::time::sleep(Duration::from_secs(hold)).await;
+            let after = metrics_of(&c, g, "verge_sync_batches_total{state=\"unavailable\"}");
+            println!(
+                "{mode:?} for {hold} s: {} posts unavailable",
+                after - before
+            );
+            assert!(after > before, "{mode:?}: the gateway saw the cloud fail");
+        }
+        cloud.set_fault(&["--mode", "none"]);
+        let sync = c.admin().sync(c.nodes[g].listen).await.expect("sync view");
+        println!("gateway {g_id} after the faults: {:?}", sync.cloud_error);
+        let compared = check_cloud_matches_nodes(&c, &cloud, Duration::from_secs(40)).await;
+        println!("{compared} windows in the cloud, each exactly once");
+        let log = std::fs::read_to_string(&c.nodes[g].log).unwrap_or_default();
+        assert!(
+            log.contains("posting failed"),
+            "the gateway's log says what failed"
+        );
+        let mut c = c;
+        for i in 0..c.nodes.len() {
+            assert!(c.is_running(i), "node {i} kept running");
+        }
     })
     .await
     .expect("test timed out");

@@ -70,7 +70,10 @@ async fn start_cloud(addr: SocketAddr, dir: &Path) -> anyhow::Result<RunningClou
 /// Runs the benchmark and prints its figures.
 pub async fn run(args: &BenchGatewayArgs) -> anyhow::Result<Value> {
     let (kills, outage) = if args.quick {
-        (args.kills.min(5), Duration::from_secs(args.outage_s.min(15)))
+        (
+            args.kills.min(5),
+            Duration::from_secs(args.outage_s.min(15)),
+        )
     } else {
         (args.kills, Duration::from_secs(args.outage_s))
     };
@@ -136,7 +139,9 @@ retry_ms_max = 1000
     // Warm up: a gateway syncing.
     let (_, term0) = wait_leader(&c, &admin, &voters, &running, 0, Duration::from_secs(15)).await?;
     wait_cloud_term(&client, term0, Duration::from_secs(30)).await?;
-    println!("gateway failover: {kills} SIGKILLs of the gateway, 5 nodes, 3 voters, 100 ms windows");
+    println!(
+        "gateway failover: {kills} SIGKILLs of the gateway, 5 nodes, 3 voters, 100 ms windows"
+    );
 
     let mut to_leader = Vec::new();
     let mut to_ack = Vec::new();
@@ -287,8 +292,7 @@ async fn wait_cloud_term(client: &CloudClient, term: u64, timeout: Duration) -> 
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(s) = client.summary().await
-            && s
-                .clusters
+            && s.clusters
                 .iter()
                 .any(|c| c.cluster == CLUSTER && c.highest_term >= term)
         {
