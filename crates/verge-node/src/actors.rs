@@ -341,7 +341,9 @@ async fn accept_loop(s: Arc<Shared>) {
                     }
                     s.metrics.handshake("inbound", "ok");
                     debug!(peer = %id, "peer connected");
-                    serve_peer(s, id, conn).await;
+                    s.links.set_inbound(&id, conn.clone());
+                    serve_peer(s.clone(), id.clone(), conn.clone()).await;
+                    s.links.clear_inbound(&id, &conn);
                 }
                 Ok(Accepted::Admin { name, conn }) => {
                     s.metrics.handshake("inbound", "ok");
@@ -756,6 +758,9 @@ async fn dial_loop(
                 let why = tokio::select! {
                     why = heartbeat(&s, &id, &conn) => why,
                     why = replicate(&s, &conn, &mut outbox) => why,
+                    // The peer may send requests back on this connection (while its own dialer
+                    // backs off after a restart).
+                    () = serve_peer(s.clone(), id.clone(), conn.clone()) => "connection closed".to_owned(),
                 };
                 s.links.set(&id, None);
                 conn.close(CloseCode::Replaced.varint(), why.as_bytes());

@@ -149,7 +149,7 @@ fn default_retry_ms_min() -> u64 {
     100
 }
 fn default_retry_ms_max() -> u64 {
-    10_000
+    2_000
 }
 
 impl CloudSection {

@@ -41,10 +41,17 @@ use crate::storage::{ListStreams, ReadRange, StoreActor};
 const CONTROL_CALL_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the gateway asks where the aggregate streams are and how far they go.
 const HEADS_EVERY: Duration = Duration::from_millis(200);
-/// How long a peer may take to list its streams or serve a read.
+/// How long a peer may take to serve a read.
 const PEER_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a peer may take to list its streams.
+const PEER_STREAMS_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often a drained gateway retries handing the role on.
 const DRAIN_RETRY: Duration = Duration::from_secs(2);
+/// A (re)started node does not start elections of its own for this long: openraft 0.9 has no
+/// pre-vote, so a restarted voter that campaigns before the leader's heartbeats reach it would
+/// depose a healthy gateway. (It still votes, and a leader that dies meanwhile is replaced by the
+/// others.)
+const STARTUP_GRACE: Duration = Duration::from_millis(1_500);
 /// The longest the task sleeps without a deadline.
 const IDLE_TICK: Duration = Duration::from_millis(250);
 
@@ -249,7 +256,10 @@ pub fn spawn(deps: GatewayDeps) -> Result<(), GatewayError> {
         led: None,
         last_leader: None,
         drain_tried: None,
+        settled: false,
+        drained: false,
     };
+    task.control.set_electable(false);
     tokio::spawn(async move { task.run(rx).await });
     Ok(())
 }
@@ -300,8 +310,12 @@ enum Input {
     Sync(SyncEvent),
     /// Leadership in `term` confirmed by a quorum, with the state applied as of then.
     Confirmed { term: u64, state: ControlState },
-    /// Where each aggregate stream is held.
-    Holders(BTreeMap<StreamId, Vec<Holder>>),
+    /// The aggregate streams one node holds (`None`: this node's store), or `None` if it did
+    /// not answer.
+    Held {
+        peer: Option<NodeId>,
+        held: Option<Vec<(StreamId, u64, u64)>>,
+    },
 }
 
 struct Task {
@@ -323,6 +337,9 @@ struct Task {
     led: Option<u64>,
     last_leader: Option<(NodeId, u64)>,
     drain_tried: Option<Instant>,
+    /// Whether the startup grace ([`STARTUP_GRACE`]) is over.
+    settled: bool,
+    drained: bool,
 }
 
 impl Task {
@@ -337,6 +354,8 @@ impl Task {
         let mut heads = tokio::time::interval(HEADS_EVERY);
         heads.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.on_leader().await;
+        let grace = tokio::time::sleep(STARTUP_GRACE);
+        tokio::pin!(grace);
         loop {
             let now = self.now();
             let wait = self
@@ -361,6 +380,7 @@ impl Task {
                     let state = state_rx.borrow_and_update().clone();
                     self.on_state(&state).await;
                 }
+                _ = &mut grace, if !self.settled => self.settle(),
                 _ = heads.tick() => self.ask_holders(),
                 Some(input) = rx.recv() => self.on_input(input).await,
                 _ = tokio::time::sleep(wait) => self.feed(SyncEvent::Tick).await,
@@ -421,6 +441,14 @@ impl Task {
         self.publish();
     }
 
+    /// Ends the startup grace: from now on this node may start elections (unless drained).
+    fn settle(&mut self) {
+        if !self.settled {
+            self.settled = true;
+            self.control.set_electable(!self.drained);
+        }
+    }
+
     async fn on_leader(&mut self) {
         let leader = self.control.leader();
         let (term, leads) = match &leader {
@@ -465,7 +493,10 @@ impl Task {
 
     async fn on_state(&mut self, state: &ControlState) {
         let drained = state.is_drained(&self.me);
-        self.control.set_electable(!drained);
+        self.drained = drained;
+        if self.settled {
+            self.control.set_electable(!drained);
+        }
         if drained && self.control.is_leader() {
             self.hand_over(state);
         }
@@ -529,74 +560,75 @@ impl Task {
                 self.feed(SyncEvent::BecameLeader { term }).await;
                 self.ask_holders();
             }
-            Input::Holders(holders) => {
-                let heads = holders
-                    .iter()
-                    .map(|(s, hs)| {
-                        (
-                            s.clone(),
-                            hs.iter().map(|h| h.durable_head).max().unwrap_or(0),
-                        )
-                    })
-                    .collect();
-                self.holders = holders;
-                self.feed(SyncEvent::StreamHeads { heads }).await;
-            }
+            Input::Held { peer, held } => self.on_held(peer, held).await,
         }
     }
 
-    /// Asks the local store and every reachable peer which aggregate streams they hold.
+    /// Asks the local store and every peer which aggregate streams they hold; each answer is
+    /// fed as it comes, so a dead peer's timeout holds up nobody.
     fn ask_holders(&self) {
         if self.led.is_none() || self.syncer.is_none() {
             return;
         }
         let store = self.store.clone();
-        let links = self.links.clone();
         let tx = self.tx.clone();
         tokio::spawn(async move {
-            let mut holders: BTreeMap<StreamId, Vec<Holder>> = BTreeMap::new();
-            if let Ok(views) = store.send(ListStreams).await {
-                for v in views
-                    .into_iter()
-                    .filter(|v| v.id.kind == StreamKind::Aggregates)
-                {
-                    holders.entry(v.id).or_default().push(Holder {
-                        peer: None,
-                        first_seq: v.first_seq,
-                        durable_head: v.durable_head,
-                    });
-                }
-            }
-            let peers: Vec<NodeId> = links.peers().cloned().collect();
-            let asks = peers.into_iter().map(|p| {
-                let links = links.clone();
-                async move {
-                    let req = PeerRequest::Streams {
-                        kind: Some(StreamKind::Aggregates),
-                    };
-                    (
-                        p.clone(),
-                        links.request(&p, req, PEER_REQUEST_TIMEOUT).await,
-                    )
-                }
-            });
-            for (peer, reply) in join_all(asks).await {
-                if let Ok(PeerReply::Streams(streams)) = reply {
-                    for s in streams {
-                        holders.entry(s.id).or_default().push(Holder {
-                            peer: Some(peer.clone()),
-                            first_seq: s.first_seq,
-                            durable_head: s.durable_head,
-                        });
-                    }
-                }
-            }
-            for hs in holders.values_mut() {
-                // Local first, then the holders that have the most.
-                hs.sort_by_key(|h| (h.peer.is_some(), std::cmp::Reverse(h.durable_head)));
-            }
-            let _ = tx.send(Input::Holders(holders));
+            let held = match store.send(ListStreams).await {
+                Ok(views) => Some(
+                    views
+                        .into_iter()
+                        .filter(|v| v.id.kind == StreamKind::Aggregates)
+                        .map(|v| (v.id, v.first_seq, v.durable_head))
+                        .collect(),
+                ),
+                Err(_) => None,
+            };
+            let _ = tx.send(Input::Held { peer: None, held });
         });
+        for peer in self.links.peers().cloned() {
+            let links = self.links.clone();
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let req = PeerRequest::Streams {
+                    kind: Some(StreamKind::Aggregates),
+                };
+                let held = match links.request(&peer, req, PEER_STREAMS_TIMEOUT).await {
+                    Ok(PeerReply::Streams(streams)) => Some(
+                        streams
+                            .into_iter()
+                            .map(|s| (s.id, s.first_seq, s.durable_head))
+                            .collect(),
+                    ),
+                    _ => None,
+                };
+                let _ = tx.send(Input::Held {
+                    peer: Some(peer),
+                    held,
+                });
+            });
+        }
+    }
+
+    /// Records what one node holds and feeds the heads it changes.
+    async fn on_held(&mut self, peer: Option<NodeId>, held: Option<Vec<(StreamId, u64, u64)>>) {
+        for hs in self.holders.values_mut() {
+            hs.retain(|h| h.peer != peer);
+        }
+        let mut changed = BTreeMap::new();
+        for (stream, first_seq, durable_head) in held.unwrap_or_default() {
+            let hs = self.holders.entry(stream.clone()).or_default();
+            hs.push(Holder {
+                peer: peer.clone(),
+                first_seq,
+                durable_head,
+            });
+            // Local first, then the holders that have the most.
+            hs.sort_by_key(|h| (h.peer.is_some(), std::cmp::Reverse(h.durable_head)));
+            changed.insert(stream, hs.iter().map(|h| h.durable_head).max().unwrap_or(0));
+        }
+        if !changed.is_empty() {
+            self.feed(SyncEvent::StreamHeads { heads: changed }).await;
+        }
     }
 
     async fn carry_out(&mut self, actions: Vec<SyncAction>) {
@@ -899,22 +931,6 @@ fn dense_from(from: u64, records: Vec<(u64, Record)>) -> Vec<Record> {
         .take_while(|((seq, _), want)| seq == want)
         .map(|((_, r), _)| r)
         .collect()
-}
-
-async fn join_all<T: Send + 'static>(
-    futs: impl IntoIterator<Item = impl Future<Output = T> + Send + 'static>,
-) -> Vec<T> {
-    let mut set = tokio::task::JoinSet::new();
-    for f in futs {
-        set.spawn(f);
-    }
-    let mut out = Vec::new();
-    while let Some(r) = set.join_next().await {
-        if let Ok(v) = r {
-            out.push(v);
-        }
-    }
-    out
 }
 
 fn hash(s: &str) -> u64 {

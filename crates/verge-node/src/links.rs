@@ -40,10 +40,20 @@ pub enum LinkError {
     },
 }
 
-/// The current connection to each peer, as its dialer last published it.
+/// The connections to one peer: the one this node dialed, and the one the peer dialed to it.
+#[derive(Debug, Default)]
+struct Slot {
+    dialed: Option<Connection>,
+    inbound: Option<Connection>,
+}
+
+/// The current connections to each peer: the one its dialer last published, and the one the peer
+/// last dialed in. Requests prefer the dialed one; the inbound one carries them while this node's
+/// dialer is still backing off (right after the peer restarted), so the peer hears the gateway's
+/// heartbeats as soon as it has dialed in.
 #[derive(Debug, Clone)]
 pub struct PeerLinks {
-    conns: Arc<BTreeMap<NodeId, Mutex<Option<Connection>>>>,
+    conns: Arc<BTreeMap<NodeId, Mutex<Slot>>>,
     frame_max: usize,
 }
 
@@ -54,7 +64,7 @@ impl PeerLinks {
             conns: Arc::new(
                 peers
                     .into_iter()
-                    .map(|p| (p.clone(), Mutex::new(None)))
+                    .map(|p| (p.clone(), Mutex::new(Slot::default())))
                     .collect(),
             ),
             frame_max,
@@ -64,7 +74,28 @@ impl PeerLinks {
     /// Publishes (or, with `None`, withdraws) the connection to `peer`.
     pub fn set(&self, peer: &NodeId, conn: Option<Connection>) {
         if let Some(slot) = self.conns.get(peer) {
-            *slot.lock().unwrap_or_else(PoisonError::into_inner) = conn;
+            slot.lock().unwrap_or_else(PoisonError::into_inner).dialed = conn;
+        }
+    }
+
+    /// Publishes the connection `peer` dialed to this node.
+    pub fn set_inbound(&self, peer: &NodeId, conn: Connection) {
+        if let Some(slot) = self.conns.get(peer) {
+            slot.lock().unwrap_or_else(PoisonError::into_inner).inbound = Some(conn);
+        }
+    }
+
+    /// Withdraws the inbound connection `conn` from `peer`, unless a newer one replaced it.
+    pub fn clear_inbound(&self, peer: &NodeId, conn: &Connection) {
+        if let Some(slot) = self.conns.get(peer) {
+            let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+            if slot
+                .inbound
+                .as_ref()
+                .is_some_and(|c| c.stable_id() == conn.stable_id())
+            {
+                slot.inbound = None;
+            }
         }
     }
 
@@ -84,14 +115,18 @@ impl PeerLinks {
         req: PeerRequest,
         timeout: Duration,
     ) -> Result<PeerReply, LinkError> {
-        let conn = self
-            .conns
-            .get(peer)
-            .ok_or_else(|| LinkError::Unknown(peer.clone()))?
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .ok_or_else(|| LinkError::Down(peer.clone()))?;
+        let conn = {
+            let slot = self
+                .conns
+                .get(peer)
+                .ok_or_else(|| LinkError::Unknown(peer.clone()))?
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            slot.dialed
+                .clone()
+                .or_else(|| slot.inbound.clone())
+                .ok_or_else(|| LinkError::Down(peer.clone()))?
+        };
         let msg = PeerMessage::Request(req);
         let call = verge_net::request::<_, PeerMessage>(&conn, &msg, self.frame_max);
         match tokio::time::timeout(timeout, call).await {

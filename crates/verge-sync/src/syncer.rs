@@ -840,6 +840,11 @@ impl Syncer {
         if mine {
             st.posting = None;
         }
+        let was_unreachable = self.cloud.reachable == Some(false);
+        let acknowledged = matches!(
+            outcome,
+            CloudOutcome::Stored { .. } | CloudOutcome::Duplicate
+        );
         match outcome {
             CloudOutcome::Stored { .. } | CloudOutcome::Duplicate => {
                 let (new_windows, duplicate_windows, repeat) = match outcome {
@@ -929,6 +934,16 @@ impl Syncer {
                         delay_ms,
                         reason,
                     });
+                }
+            }
+        }
+        // The cloud answers again after being unreachable: the streams waiting out a backoff
+        // because of it go now rather than at their own retry times (a stream held because the
+        // cloud rejected its batch stays held).
+        if was_unreachable && acknowledged {
+            for st in self.streams.values_mut() {
+                if st.held.is_none() && st.post_retry_at > now {
+                    st.post_retry_at = now;
                 }
             }
         }

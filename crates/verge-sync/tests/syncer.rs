@@ -820,3 +820,60 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn when_the_cloud_answers_again_every_stream_backing_off_posts_at_once() {
+    let (n, so) = (north(), south());
+    let mut s = leader(0, 2);
+    s.handle(
+        0,
+        SyncEvent::Cursors {
+            cursors: map(&[(&so, 0)]),
+        },
+    );
+    s.handle(
+        0,
+        SyncEvent::StreamHeads {
+            heads: map(&[(&so, 3)]),
+        },
+    );
+    s.handle(0, SyncEvent::BecameLeader { term: 5 });
+    s.handle(1, read(&n, 1, 2));
+    s.handle(1, read(&so, 1, 3));
+    // Both posts fail a few times: each stream waits out its own backoff.
+    let mut now = 10;
+    for _ in 0..4 {
+        s.handle(
+            now,
+            answer(&n, 5, 1, 2, CloudOutcome::Unavailable("down".into())),
+        );
+        s.handle(
+            now,
+            answer(&so, 5, 1, 3, CloudOutcome::Unavailable("down".into())),
+        );
+        now += 1_000;
+        s.handle(now, SyncEvent::Tick);
+    }
+    s.handle(
+        now,
+        answer(&so, 5, 1, 3, CloudOutcome::Unavailable("down".into())),
+    );
+    let south_due = s
+        .status(now)
+        .streams
+        .iter()
+        .find(|st| st.stream == so)
+        .and_then(|st| st.retry_at_ms);
+    assert!(
+        south_due.is_some_and(|t| t > now + 1),
+        "south waits: {south_due:?}"
+    );
+    // North's post gets through: south goes now, not at its retry time.
+    let acts = s.handle(now + 1, answer(&n, 5, 1, 2, stored(2)));
+    assert!(
+        acts.contains(&SyncAction::Post {
+            batch: batch(&so, 5, 1, 3)
+        }),
+        "south posted at once: {acts:?}"
+    );
+}

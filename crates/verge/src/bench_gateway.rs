@@ -119,7 +119,6 @@ ca = "{ca}"
 token_file = "{token}"
 cluster = "{CLUSTER}"
 timeout_ms = 2000
-retry_ms_max = 1000
 "#,
         url = cloud.url(),
         ca = cert.display(),
@@ -205,9 +204,14 @@ retry_ms_max = 1000
         .iter()
         .map(|(s, h)| h.saturating_sub(before.get(s).copied().unwrap_or(0)))
         .sum();
+    let before_total: u64 = before.values().sum();
     let deadline = back + Duration::from_secs(120);
+    let mut first_ack: Option<Duration> = None;
     loop {
         let now = cloud_counts(&client).await.unwrap_or_default();
+        if first_ack.is_none() && now.values().sum::<u64>() > before_total {
+            first_ack = Some(back.elapsed());
+        }
         if heads
             .iter()
             .all(|(s, h)| now.get(s).copied().unwrap_or(0) >= *h)
@@ -215,19 +219,40 @@ retry_ms_max = 1000
             break;
         }
         if Instant::now() > deadline {
-            bail!("the backlog did not drain within 120 s");
+            let missing: Vec<String> = heads
+                .iter()
+                .filter(|(s, h)| now.get(*s).copied().unwrap_or(0) < **h)
+                .map(|(s, h)| format!("{s}: {} of {h}", now.get(s).copied().unwrap_or(0)))
+                .collect();
+            if let Ok((g, _)) =
+                wait_leader(&c, &admin, &voters, &running, 0, Duration::from_secs(5)).await
+                && let Ok(view) = admin.sync(c.nodes[g].listen).await
+            {
+                eprintln!("gateway's sync view: {view:#?}");
+            }
+            bail!("the backlog did not drain within 120 s: {missing:?}");
         }
         tokio::time::sleep(POLL).await;
     }
     let drain = back.elapsed();
-    let rate = backlog as f64 / drain.as_secs_f64();
+    // From the first acknowledgement on: the gateway's retry delay (capped exponential backoff,
+    // at most [cloud] retry_ms_max) is spent before it; the sync's throughput after it.
+    let waited = first_ack.unwrap_or(drain);
+    let flowing = drain.saturating_sub(waited).max(POLL);
+    let rate = backlog as f64 / flowing.as_secs_f64();
     println!(
-        "  backlog {} windows in {} streams drained in {:.2} s: {} windows/s (targets: drain <= 5 s: {}; throughput >= 50,000 windows/s: {})",
+        "  backlog {} windows in {} streams; cloud back -> first acknowledged post {:.2} s (retry backoff) -> all synced {:.2} s",
         thousands(backlog as f64),
         heads.len(),
+        waited.as_secs_f64(),
         drain.as_secs_f64(),
-        thousands(rate),
+    );
+    println!(
+        "  drained in {:.2} s from the cloud's return (target <= 5 s: {}); sync throughput once posting {} windows/s over {:.3} s (target >= 50,000: {})",
+        drain.as_secs_f64(),
         verdict(drain.as_secs_f64() <= 5.0),
+        thousands(rate),
+        flowing.as_secs_f64(),
         verdict(rate >= 50_000.0)
     );
     cloud.shutdown().await?;
@@ -242,6 +267,7 @@ retry_ms_max = 1000
             "windows": backlog,
             "streams": heads.len(),
             "drain_s": drain.as_secs_f64(),
+            "first_ack_s": waited.as_secs_f64(),
             "windows_per_s": rate,
         },
     });
