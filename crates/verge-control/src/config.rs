@@ -8,12 +8,15 @@
 //! setting, it is `election_max_ms`. So the silent time before a campaign is
 //!
 //! ```text
-//! election_max_ms + uniform(election_min_ms, election_max_ms)   minus up to one heartbeat
+//! 2 x election timeout (+1 ms), checked on a tick of 1.5 heartbeats
 //! ```
 //!
-//! plus one vote round trip (under a millisecond on a LAN, plus an fsync of the vote). With the
-//! defaults (heartbeat 20 ms, election 50–100 ms) that is 130–200 ms, leaving room under 300 ms for
-//! a loaded 2-core cabinet. openraft's own defaults (50 ms, 150–300 ms) give 450–600 ms, and an
+//! plus one vote round trip (under a millisecond on a LAN, plus an fsync of the vote). Each voter's
+//! election timeout is fixed by its rank among the voters, spread over `election_min_ms` to
+//! `election_max_ms` (see [`ControlConfig::election_timeout_ms`]), so the first survivor to
+//! campaign is the lowest-ranked one and two survivors never time out together. With the defaults
+//! (heartbeat 20 ms, election 50–120 ms, three voters at 50, 85 and 120 ms) a new leader is up
+//! 100–250 ms after the old one went silent, leaving room under 300 ms for a loaded 2-core cabinet. openraft's own defaults (50 ms, 150–300 ms) give 450–600 ms, and an
 //! etcd-like 100 ms / 1 s gives seconds.
 //!
 //! Going lower costs stability, not safety: the heartbeat is also the time limit openraft gives
@@ -37,10 +40,11 @@ pub struct ControlConfig {
     /// How often the leader sends heartbeats, in ms. It is also openraft's deadline for one
     /// AppendEntries round trip, follower fsync included.
     pub heartbeat_ms: u64,
-    /// Lower bound of the randomised election timeout, in ms. Must exceed two heartbeats.
+    /// The lowest voter's election timeout, in ms (voters are spread over `election_min_ms` to
+    /// `election_max_ms` by rank). Must exceed two heartbeats.
     pub election_min_ms: u64,
-    /// Upper bound of the election timeout, in ms; also the leader lease a follower waits out
-    /// before it votes for anyone else.
+    /// The highest voter's election timeout, in ms. A voter's timeout (+1 ms) is also the leader
+    /// lease it waits out before it votes for anyone else.
     pub election_max_ms: u64,
     /// Delay before retrying a peer the transport reported unreachable, in ms.
     pub backoff_ms: u64,
@@ -64,7 +68,7 @@ impl Default for ControlConfig {
         Self {
             heartbeat_ms: 20,
             election_min_ms: 50,
-            election_max_ms: 100,
+            election_max_ms: 120,
             backoff_ms: 25,
             propose_timeout_ms: 1_000,
             rpc_bytes_max: 4 * 1024 * 1024,
@@ -144,16 +148,40 @@ impl ControlConfig {
     /// The leader lease openraft derives from this config: followers refuse to vote for another
     /// candidate until this long after they last heard from the leader.
     pub fn leader_lease(&self) -> Duration {
-        Duration::from_millis(self.election_max_ms)
+        // Each voter's lease is its own election timeout plus 1 ms, at most this.
+        Duration::from_millis(self.election_max_ms + 1)
     }
 
-    /// The openraft config these values translate to.
-    pub(crate) fn to_openraft(&self) -> openraft::Config {
+    /// This voter's election timeout, in ms, when it is number `rank` (0-based, by id) of
+    /// `voters`: the voters are spread evenly over `election_min_ms..=election_max_ms`.
+    ///
+    /// openraft 0.9 draws a node's election timeout once, when the node starts, and checks it on
+    /// a tick of 1.5 heartbeats; two voters that drew close values split the vote in every round
+    /// after their leader dies (seen here: nine terms and 900 ms to elect one). Spreading the
+    /// voters by rank makes their timeouts differ by a fixed step instead.
+    pub fn election_timeout_ms(&self, rank: usize, voters: usize) -> u64 {
+        if voters <= 1 {
+            return self.election_min_ms;
+        }
+        let span = self.election_max_ms - self.election_min_ms;
+        self.election_min_ms + span * rank.min(voters - 1) as u64 / (voters - 1) as u64
+    }
+
+    /// The openraft config these values translate to, for voter number `rank` of `voters` (see
+    /// [`ControlConfig::election_timeout_ms`]); `None` for a learner, which never campaigns.
+    pub(crate) fn to_openraft(&self, slot: Option<(usize, usize)>) -> openraft::Config {
+        let (election_min, election_max) = match slot {
+            Some((rank, voters)) => {
+                let t = self.election_timeout_ms(rank, voters);
+                (t, t + 1)
+            }
+            None => (self.election_min_ms, self.election_max_ms),
+        };
         openraft::Config {
             cluster_name: "verge".to_owned(),
             heartbeat_interval: self.heartbeat_ms,
-            election_timeout_min: self.election_min_ms,
-            election_timeout_max: self.election_max_ms,
+            election_timeout_min: election_min,
+            election_timeout_max: election_max,
             // A whole snapshot (up to rpc_bytes_max) travels and is fsynced in one call.
             install_snapshot_timeout: 1_000,
             max_payload_entries: self.append_entries_max,
@@ -172,7 +200,14 @@ mod tests {
     fn defaults_are_valid_and_accepted_by_openraft() {
         let cfg = ControlConfig::default();
         cfg.validate().expect("defaults valid");
-        cfg.to_openraft().validate().expect("openraft accepts them");
+        cfg.to_openraft(None).validate().expect("openraft accepts them");
+        for rank in 0..5 {
+            cfg.to_openraft(Some((rank, 5)))
+                .validate()
+                .expect("openraft accepts every voter's");
+        }
+        let spread: Vec<u64> = (0..3).map(|r| cfg.election_timeout_ms(r, 3)).collect();
+        assert_eq!(spread, vec![50, 85, 120]);
     }
 
     #[test]

@@ -251,8 +251,14 @@ impl Control {
         };
         let state_rx = sm_store.subscribe();
         let store_closed = log_store.closed();
+        let mut sorted: Vec<&NodeId> = voters.iter().collect();
+        sorted.sort();
+        let slot = sorted
+            .iter()
+            .position(|v| **v == me)
+            .map(|rank| (rank, sorted.len()));
         let raft_cfg = cfg
-            .to_openraft()
+            .to_openraft(slot)
             .validate()
             .map_err(|e| ControlError::Stopped(format!("openraft refused the config: {e}")))?;
         let network = NetworkFactory {

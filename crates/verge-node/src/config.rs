@@ -722,6 +722,32 @@ relation = "downstream"
                 ),
                 "replication.write_quorum",
             ),
+            (
+                format!("{text}[control]\nvoters = [\"b1\", \"b2\"]\n"),
+                "control.voters",
+            ),
+            (
+                format!("{text}[control]\nvoters = [\"b1\", \"b9\", \"b2\"]\n"),
+                "control.voters[1]",
+            ),
+            (
+                format!("{text}[control]\nvoters = [\"b1\"]\n[control.raft]\nheartbeat_ms = 60\n"),
+                "control.raft",
+            ),
+            (
+                format!("{text}[cloud]\nurl = \"https://127.0.0.1:1\"\nca = \"ca.pem\"\n"),
+                "key `cloud`",
+            ),
+            (
+                format!(
+                    "{text}[control]\nvoters = [\"b1\"]\n[cloud]\nurl = \"http://127.0.0.1:1\"\nca = \"ca.pem\"\n"
+                ),
+                "cloud.url",
+            ),
+            (
+                format!("{text}[aggregation]\nwindow_ms = 5\n"),
+                "aggregation",
+            ),
         ];
         for (bad, culprit) in cases {
             let err = parse(&dir, &bad).expect_err(culprit).to_string();

@@ -258,6 +258,7 @@ pub fn spawn(deps: GatewayDeps) -> Result<(), GatewayError> {
         drain_tried: None,
         settled: false,
         drained: false,
+        confirming: None,
     };
     task.control.set_electable(false);
     tokio::spawn(async move { task.run(rx).await });
@@ -310,6 +311,8 @@ enum Input {
     Sync(SyncEvent),
     /// Leadership in `term` confirmed by a quorum, with the state applied as of then.
     Confirmed { term: u64, state: ControlState },
+    /// Leadership in `term` could not be confirmed (yet).
+    Unconfirmed { term: u64 },
     /// The aggregate streams one node holds (`None`: this node's store), or `None` if it did
     /// not answer.
     Held {
@@ -337,6 +340,8 @@ struct Task {
     led: Option<u64>,
     last_leader: Option<(NodeId, u64)>,
     drain_tried: Option<Instant>,
+    /// The term whose leadership is being confirmed.
+    confirming: Option<u64>,
     /// Whether the startup grace ([`STARTUP_GRACE`]) is over.
     settled: bool,
     drained: bool,
@@ -381,7 +386,14 @@ impl Task {
                     self.on_state(&state).await;
                 }
                 _ = &mut grace, if !self.settled => self.settle(),
-                _ = heads.tick() => self.ask_holders(),
+                _ = heads.tick() => {
+                    // A leader whose confirmation failed tries again.
+                    if self.control.is_leader() && self.led.is_none() {
+                        let term = self.control.term();
+                        self.confirm(term);
+                    }
+                    self.ask_holders();
+                }
                 Some(input) = rx.recv() => self.on_input(input).await,
                 _ = tokio::time::sleep(wait) => self.feed(SyncEvent::Tick).await,
             }
@@ -465,30 +477,41 @@ impl Task {
             self.last_leader = seen;
         }
         if leads {
-            if self.led != Some(term) {
-                // Confirm with a quorum (and apply everything committed) before syncing, so
-                // the cursors the core starts from are current.
-                let control = self.control.clone();
-                let tx = self.tx.clone();
-                let learners = self.learners.clone();
-                tokio::spawn(async move {
-                    match control.linearizable_state().await {
-                        Ok(state) => {
-                            let _ = tx.send(Input::Confirmed { term, state });
-                        }
-                        Err(e) => debug!("leadership in term {term} not confirmed: {e}"),
-                    }
-                    for l in learners {
-                        if let Err(e) = control.add_learner(l.clone()).await {
-                            warn!(learner = %l, "cannot add learner: {e}");
-                        }
-                    }
-                });
-            }
+            self.confirm(term);
         } else if self.led.take().is_some() {
             info!(term, "this node is no longer the gateway");
             self.feed(SyncEvent::LostLeadership).await;
         }
+    }
+
+    /// Confirms leadership of `term` with a quorum (and applies everything committed) before
+    /// syncing, so the cursors the core starts from are current; then adds the learners. Called
+    /// again on every heads tick until it succeeds.
+    fn confirm(&mut self, term: u64) {
+        if self.led == Some(term) || self.confirming == Some(term) {
+            return;
+        }
+        self.confirming = Some(term);
+        let control = self.control.clone();
+        let tx = self.tx.clone();
+        let learners = self.learners.clone();
+        tokio::spawn(async move {
+            match control.linearizable_state().await {
+                Ok(state) => {
+                    let _ = tx.send(Input::Confirmed { term, state });
+                }
+                Err(e) => {
+                    debug!("leadership in term {term} not confirmed yet: {e}");
+                    let _ = tx.send(Input::Unconfirmed { term });
+                    return;
+                }
+            }
+            for l in learners {
+                if let Err(e) = control.add_learner(l.clone()).await {
+                    warn!(learner = %l, "cannot add learner: {e}");
+                }
+            }
+        });
     }
 
     async fn on_state(&mut self, state: &ControlState) {
@@ -535,7 +558,15 @@ impl Task {
     async fn on_input(&mut self, input: Input) {
         match input {
             Input::Sync(ev) => self.feed(ev).await,
+            Input::Unconfirmed { term } => {
+                if self.confirming == Some(term) {
+                    self.confirming = None;
+                }
+            }
             Input::Confirmed { term, state } => {
+                if self.confirming == Some(term) {
+                    self.confirming = None;
+                }
                 if !self.control.is_leader() || self.control.term() != term {
                     return;
                 }
