@@ -1,6 +1,6 @@
 //! Decisions every [`Store`](crate::Store) implementation makes the same way, kept free of IO so
 //! they are tested once: which part of an append is new, and which stream gives up records next
-//! when the store is over its quota.
+//! when the store is over its quota; and, for the sled store, which streams a flush compacts.
 
 use verge_proto::{Record, StreamId, StreamKind};
 
@@ -83,6 +83,39 @@ pub(crate) fn quota_victim<K>(candidates: impl IntoIterator<Item = (K, Front)>) 
         .map(|(key, _)| key)
 }
 
+/// Whether a flush merges a stream's run of trailing small blocks, and its pending records, into
+/// full blocks (see [`SledStore`](crate::SledStore)'s module docs).
+///
+/// `flush` counts the store's flushes, `slot` is the stream's place in the store's order,
+/// `small_blocks` the length of its run of small blocks before this flush and `pending` its
+/// records this flush seals. Each stream compacts on its own turn, once every
+/// `TAIL_BLOCKS_MAX` flushes, when there is more than one small block to merge: streams filled
+/// in step (a producer writing to every sensor's stream at once) take turns, so a flush merges
+/// the runs of about one stream in `TAIL_BLOCKS_MAX` instead of all of them every
+/// `TAIL_BLOCKS_MAX`th flush, and the flush that acknowledges producers stays short. A stream
+/// compacts out of turn only when it must: its run is already `TAIL_BLOCKS_MAX` long (after
+/// a reopen, or when a new stream moved its slot), or this flush seals a full block's worth of
+/// records of its own, which cannot follow small blocks (a stream's small blocks are only ever
+/// at its end).
+pub(crate) fn compacts(
+    flush: u64,
+    slot: usize,
+    small_blocks: usize,
+    pending: usize,
+    tail_blocks_max: usize,
+    block_records_max: usize,
+) -> bool {
+    if small_blocks == 0 {
+        return false;
+    }
+    if small_blocks >= tail_blocks_max || pending >= block_records_max {
+        return true;
+    }
+    let period = tail_blocks_max.max(1) as u64;
+    let turn = (flush % period + slot as u64 % period).is_multiple_of(period);
+    turn && small_blocks + usize::from(pending > 0) >= 2
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +188,60 @@ mod tests {
         ]);
         assert_eq!(victim, Some("raw-old"));
         assert_eq!(quota_victim::<&str>([]), None);
+    }
+
+    /// Streams filled in step, as a paced producer fills every sensor's stream at each flush.
+    fn in_step(streams: usize, flushes: u64, pending: usize) -> (usize, usize) {
+        const TAIL: usize = 16;
+        const BLOCK: usize = 1024;
+        // (small blocks, records in them) per stream.
+        let mut tails = vec![(0usize, 0usize); streams];
+        let (mut most_per_flush, mut longest) = (0, 0);
+        for flush in 0..flushes {
+            let mut merged = 0;
+            for (slot, (blocks, records)) in tails.iter_mut().enumerate() {
+                if compacts(flush, slot, *blocks, pending, TAIL, BLOCK) {
+                    merged += 1;
+                    let all = *records + pending;
+                    *records = all % BLOCK;
+                    *blocks = usize::from(*records > 0);
+                } else if pending >= BLOCK {
+                    *records = pending % BLOCK;
+                    *blocks = usize::from(*records > 0);
+                } else {
+                    *blocks += 1;
+                    *records += pending;
+                }
+                longest = longest.max(*blocks);
+            }
+            most_per_flush = most_per_flush.max(merged);
+        }
+        (most_per_flush, longest)
+    }
+
+    #[test]
+    fn streams_filled_in_step_take_turns_to_compact() {
+        // 64 streams, 3 records each per flush: 4 merges per flush, never all 64 at once.
+        assert_eq!(in_step(64, 1_000, 3), (4, 16));
+        assert_eq!(in_step(16, 1_000, 62), (1, 16));
+        assert_eq!(in_step(1, 1_000, 1_000), (1, 16));
+        // A flush bringing full blocks merges the run it follows at once.
+        assert_eq!(in_step(8, 100, 1_500).1, 1);
+    }
+
+    #[test]
+    fn compaction_out_of_turn_only_when_it_must() {
+        // Nothing to merge, or a single small block.
+        assert!(!compacts(0, 0, 0, 3, 16, 1024));
+        assert!(!compacts(0, 0, 1, 0, 16, 1024));
+        assert!(compacts(0, 0, 1, 3, 16, 1024));
+        // Not its turn.
+        assert!(!compacts(1, 0, 15, 3, 16, 1024));
+        assert!(compacts(15, 1, 15, 3, 16, 1024));
+        // A run at the limit, or a full block of its own.
+        assert!(compacts(1, 0, 16, 0, 16, 1024));
+        assert!(compacts(1, 0, 1, 1024, 16, 1024));
+        // Far-off counters and slots do not overflow.
+        assert!(compacts(u64::MAX, 1, 2, 0, 16, 1024));
     }
 }

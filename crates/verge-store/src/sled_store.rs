@@ -12,9 +12,12 @@
 //! seals each stream's pending records into a block and commits every stream's new blocks and
 //! metadata in one sled transaction, then syncs sled to disk once: a group commit with no
 //! per-record sled insert. Flushes of a few records per stream leave small blocks that compress
-//! poorly, so when a stream's run of trailing small blocks reaches [`BLOCK_RECORDS_MAX`] records
-//! or [`TAIL_BLOCKS_MAX`] blocks, the flush merges the run and the new records into full blocks
-//! instead (compaction), in the same transaction.
+//! poorly, so once every [`TAIL_BLOCKS_MAX`] flushes, on the stream's own turn, a flush merges the
+//! stream's run of trailing small blocks and its new records into full blocks of up to
+//! [`BLOCK_RECORDS_MAX`] records instead (compaction), in the same transaction. Streams take
+//! turns so that a flush compacts about one stream in [`TAIL_BLOCKS_MAX`]: merging every stream's
+//! run in the same flush made that flush, and every producer it acknowledges, wait 5–15 times as
+//! long as the others. A run never grows past [`TAIL_BLOCKS_MAX`] blocks.
 //!
 //! **Durability.** sled 0.34.7's `flush` is not an fsync on Linux: it ends with
 //! `sync_file_range`, which persists neither the growth of the log file nor the drive's write
@@ -41,6 +44,7 @@ use std::convert::Infallible;
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::{fmt, fs, io, panic};
 
@@ -57,7 +61,8 @@ use crate::{
 /// The most records one block holds; compaction merges small blocks up to this.
 pub const BLOCK_RECORDS_MAX: usize = 1024;
 
-/// The most small blocks a stream keeps at its end before a flush merges them.
+/// The most small blocks a stream keeps at its end after a flush; also how many flushes apart a
+/// stream's turns to compact come.
 pub const TAIL_BLOCKS_MAX: usize = 16;
 
 /// Memory sled may use for its page cache. sled's default (1 GiB) is too much for a roadside
@@ -78,6 +83,9 @@ pub struct SledStore {
     epoch: Mutex<u64>,
     /// Taken only while holding `streams`.
     fsync: Mutex<Fsync>,
+    /// Flushes that sealed records, which say whose turn to compact it is. Changed only while
+    /// holding `streams`.
+    flushes: AtomicU64,
 }
 
 impl fmt::Debug for SledStore {
@@ -313,6 +321,7 @@ impl SledStore {
             holders: Mutex::new(holders),
             epoch: Mutex::new(epoch),
             fsync: Mutex::new(fsync),
+            flushes: AtomicU64::new(0),
         })
     }
 
@@ -411,12 +420,16 @@ impl SledStore {
             })
     }
 
-    /// Plans sealing `s`'s pending records into blocks, adding the writes to `batch`.
-    fn seal(&self, id: &StreamId, s: &DiskStream, batch: &mut sled::Batch) -> Sealed {
-        let tail_records: usize = s.tail.iter().map(|b| b.records).sum();
-        let compact = !s.tail.is_empty()
-            && (tail_records + s.pending.len() >= BLOCK_RECORDS_MAX
-                || s.tail.len() >= TAIL_BLOCKS_MAX);
+    /// Plans sealing `s`'s pending records into blocks, merging its run of small blocks with
+    /// them if `compact`, and adds the writes to `batch`.
+    fn seal(
+        &self,
+        id: &StreamId,
+        s: &DiskStream,
+        compact: bool,
+        batch: &mut sled::Batch,
+    ) -> Sealed {
+        let compact = compact && !s.tail.is_empty();
         let mut bytes = s.meta.bytes;
         let merged;
         let (start, series, mut tail) = match compact.then(|| self.read_tail(id, s)) {
@@ -702,10 +715,26 @@ impl Store for SledStore {
         let mut blocks = sled::Batch::default();
         let mut meta = sled::Batch::default();
         let mut sealed = Vec::new();
-        for (id, s) in streams.iter().filter(|(_, s)| !s.pending.is_empty()) {
-            let plan = self.seal(id, s, &mut blocks);
-            meta.insert(s.key.clone(), &plan.meta.encode()[..]);
-            sealed.push((id.clone(), plan));
+        if streams.values().any(|s| !s.pending.is_empty()) {
+            let flush = self.flushes.fetch_add(1, Ordering::Relaxed);
+            for (slot, (id, s)) in streams.iter().enumerate() {
+                // A stream with nothing pending still compacts on its turn, so that the run of
+                // a stream that went quiet is merged too.
+                let compact = plan::compacts(
+                    flush,
+                    slot,
+                    s.tail.len(),
+                    s.pending.len(),
+                    TAIL_BLOCKS_MAX,
+                    BLOCK_RECORDS_MAX,
+                );
+                if s.pending.is_empty() && !compact {
+                    continue;
+                }
+                let plan = self.seal(id, s, compact, &mut blocks);
+                meta.insert(s.key.clone(), &plan.meta.encode()[..]);
+                sealed.push((id.clone(), plan));
+            }
         }
         if sealed.is_empty() && streams.values().all(|s| s.durable == s.meta.head) {
             return Ok(());
