@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use verge_cloud::CloudClient;
-use verge_proto::admin::StreamRole;
+use verge_proto::admin::{AdminRequest, StreamRole};
 use verge_proto::{NodeId, StreamId, StreamKind};
 use verge_sim::{ClusterSpec, LocalCluster};
 use verge_tests::cloud::CloudProcess;
@@ -414,6 +414,91 @@ async fn a_misbehaving_cloud_costs_nothing_but_time() {
         for i in 0..c.nodes.len() {
             assert!(c.is_running(i), "node {i} kept running");
         }
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// `verge ctl gateway transfer --to` moves the role; `drain` makes the gateway hand it on and
+/// keeps it away; `undrain` lets the node lead again. The commands work from any node: the client
+/// asks who the gateway is and sends the change there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_moves_on_transfer_and_drain() {
+    let _serial = SERIAL.lock().await;
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let cloud = CloudProcess::start(&[]);
+        let mut c = corridor(&cloud, 3);
+        verge_tests::start_mesh(&mut c).await;
+        let running = vec![true; c.nodes.len()];
+        let admin = c.admin();
+        let (g, g_id, _) = wait_gateway(&c, &running, None, Duration::from_secs(10)).await;
+        let target = (g + 1) % 3;
+        let target_id = c.nodes[target].id.clone();
+        // Ask a node that is not the gateway: the client finds the gateway itself.
+        let asked = c.nodes[(g + 2) % 3].listen;
+        let view = admin
+            .to_gateway(
+                asked,
+                AdminRequest::GatewayTransfer {
+                    to: target_id.clone(),
+                },
+            )
+            .await
+            .expect("transfer");
+        println!("transfer {g_id} -> {target_id}: {view:?}");
+        let (now_g, now_id, _) =
+            wait_gateway(&c, &running, Some(&g_id), Duration::from_secs(5)).await;
+        assert_eq!(
+            now_g, target,
+            "the role went where it was sent, not to {now_id}"
+        );
+
+        // Drain the gateway: it hands the role on and does not take it back.
+        let view = admin
+            .to_gateway(
+                asked,
+                AdminRequest::SetDrain {
+                    node: target_id.clone(),
+                    drained: true,
+                },
+            )
+            .await
+            .expect("drain");
+        assert!(view.drained.contains(&target_id), "{view:?}");
+        let (after, after_id, _) =
+            wait_gateway(&c, &running, Some(&target_id), Duration::from_secs(10)).await;
+        println!("drained {target_id}: gateway now {after_id}");
+        // A transfer to a drained node is carried out by Raft, but the drained node hands it on.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (still, _, _) = wait_gateway(&c, &running, None, Duration::from_secs(5)).await;
+        assert_ne!(still, target, "a drained node stays off the gateway role");
+        let _ = after;
+
+        admin
+            .to_gateway(
+                asked,
+                AdminRequest::SetDrain {
+                    node: target_id.clone(),
+                    drained: false,
+                },
+            )
+            .await
+            .expect("undrain");
+        let view = admin
+            .to_gateway(
+                asked,
+                AdminRequest::GatewayTransfer {
+                    to: target_id.clone(),
+                },
+            )
+            .await
+            .expect("transfer back");
+        assert!(view.drained.is_empty(), "{view:?}");
+        let (back, _, _) =
+            wait_gateway(&c, &running, Some(&after_id), Duration::from_secs(5)).await;
+        assert_eq!(back, target, "undrained, it can lead again");
+        // The syncing never stopped: the cloud holds every window once.
+        check_cloud_matches_nodes(&c, &cloud, Duration::from_secs(30)).await;
     })
     .await
     .expect("test timed out");
