@@ -200,7 +200,9 @@ mod tests {
     fn defaults_are_valid_and_accepted_by_openraft() {
         let cfg = ControlConfig::default();
         cfg.validate().expect("defaults valid");
-        cfg.to_openraft(None).validate().expect("openraft accepts them");
+        cfg.to_openraft(None)
+            .validate()
+            .expect("openraft accepts them");
         for rank in 0..5 {
             cfg.to_openraft(Some((rank, 5)))
                 .validate()

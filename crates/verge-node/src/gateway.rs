@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use actix::Addr;
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 use verge_cloud::{CloudClient, PostError, PostOutcome};
 use verge_control::{
@@ -259,6 +259,7 @@ pub fn spawn(deps: GatewayDeps) -> Result<(), GatewayError> {
         settled: false,
         drained: false,
         confirming: None,
+        persisting: BTreeMap::new(),
     };
     task.control.set_electable(false);
     tokio::spawn(async move { task.run(rx).await });
@@ -313,6 +314,8 @@ enum Input {
     Confirmed { term: u64, state: ControlState },
     /// Leadership in `term` could not be confirmed (yet).
     Unconfirmed { term: u64 },
+    /// A batch could not be written to the outbox.
+    OutboxFailed { key: BatchKey, error: String },
     /// The aggregate streams one node holds (`None`: this node's store), or `None` if it did
     /// not answer.
     Held {
@@ -342,6 +345,8 @@ struct Task {
     drain_tried: Option<Instant>,
     /// The term whose leadership is being confirmed.
     confirming: Option<u64>,
+    /// Outbox writes under way, by batch: each says whether it became durable.
+    persisting: BTreeMap<BatchKey, oneshot::Receiver<bool>>,
     /// Whether the startup grace ([`STARTUP_GRACE`]) is over.
     settled: bool,
     drained: bool,
@@ -404,6 +409,7 @@ impl Task {
     async fn rebuild(&mut self) {
         self.syncer = None;
         self.led = None;
+        self.persisting.clear();
         let Some(cloud) = &self.cloud else {
             return;
         };
@@ -558,6 +564,14 @@ impl Task {
     async fn on_input(&mut self, input: Input) {
         match input {
             Input::Sync(ev) => self.feed(ev).await,
+            Input::OutboxFailed { key, error } => {
+                error!(batch = %key, "cannot write the outbox: {error}; restarting the sync from the outbox and cursors");
+                self.metrics.gateway().warning("outbox_write");
+                self.rebuild().await;
+                if let Some(term) = self.control.is_leader().then(|| self.control.term()) {
+                    self.confirm(term);
+                }
+            }
             Input::Unconfirmed { term } => {
                 if self.confirming == Some(term) {
                     self.confirming = None;
@@ -671,22 +685,30 @@ impl Task {
                     max,
                 } => self.read(stream, from_seq, max),
                 SyncAction::PersistOutbox { batch } => {
+                    // Written (and fsynced) in a task of its own, so batches of different
+                    // streams are written at once; the batch's post waits for it.
                     let outbox = self.outbox.clone();
                     let key = batch.key();
-                    let written = tokio::task::spawn_blocking(move || outbox.put(&batch)).await;
-                    let failure = match written {
-                        Ok(Ok(())) => None,
-                        Ok(Err(e)) => Some(e.to_string()),
-                        Err(e) => Some(e.to_string()),
-                    };
-                    if let Some(e) = failure {
-                        error!(batch = %key, "cannot write the outbox: {e}; restarting the sync from the outbox and cursors");
-                        self.metrics.gateway().warning("outbox_write");
-                        Box::pin(self.rebuild()).await;
-                        return;
-                    }
+                    let (done, written) = oneshot::channel();
+                    self.persisting.insert(key.clone(), written);
+                    let tx = self.tx.clone();
+                    tokio::spawn(async move {
+                        let result = tokio::task::spawn_blocking(move || outbox.put(&batch)).await;
+                        let failure = match result {
+                            Ok(Ok(())) => None,
+                            Ok(Err(e)) => Some(e.to_string()),
+                            Err(e) => Some(e.to_string()),
+                        };
+                        let _ = done.send(failure.is_none());
+                        if let Some(error) = failure {
+                            let _ = tx.send(Input::OutboxFailed { key, error });
+                        }
+                    });
                 }
-                SyncAction::Post { batch } => self.post(batch),
+                SyncAction::Post { batch } => {
+                    let written = self.persisting.remove(&batch.key());
+                    self.post(batch, written);
+                }
                 SyncAction::DropOutbox { key } => {
                     if let Err(e) = self.outbox.remove(&key) {
                         // It comes back after a restart, is posted again and deduplicated.
@@ -823,7 +845,8 @@ impl Task {
         });
     }
 
-    fn post(&self, batch: Batch) {
+    /// Posts `batch` once `written` (its outbox write, if one is under way) says it is durable.
+    fn post(&self, batch: Batch, written: Option<oneshot::Receiver<bool>>) {
         let Some(cloud) = &self.cloud else {
             return;
         };
@@ -831,6 +854,12 @@ impl Task {
         let tx = self.tx.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
+            if let Some(written) = written
+                && written.await != Ok(true)
+            {
+                // Not durable: never posted. The core is rebuilt from the outbox.
+                return;
+            }
             let key = batch.key();
             let term = batch.term;
             let records: Vec<Record> = batch.windows.iter().map(|(_, r)| r.clone()).collect();
