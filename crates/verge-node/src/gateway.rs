@@ -47,10 +47,10 @@ const PEER_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const PEER_STREAMS_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often a drained gateway retries handing the role on.
 const DRAIN_RETRY: Duration = Duration::from_secs(2);
-/// A (re)started node does not start elections of its own for this long: openraft 0.9 has no
-/// pre-vote, so a restarted voter that campaigns before the leader's heartbeats reach it would
-/// depose a healthy gateway. (It still votes, and a leader that dies meanwhile is replaced by the
-/// others.)
+/// A (re)started node does not start elections of its own until it has heard from another node's
+/// leadership, or for this long: openraft 0.9 has no pre-vote, so a restarted voter that campaigns
+/// before the leader's heartbeats reach it would depose a healthy gateway. (It still votes, and a
+/// leader that dies meanwhile is replaced by the others.)
 const STARTUP_GRACE: Duration = Duration::from_millis(1_500);
 /// The longest the task sleeps without a deadline.
 const IDLE_TICK: Duration = Duration::from_millis(250);
@@ -260,6 +260,8 @@ pub fn spawn(deps: GatewayDeps) -> Result<(), GatewayError> {
         drained: false,
         confirming: None,
         persisting: BTreeMap::new(),
+        cursor_queue: BTreeMap::new(),
+        cursor_inflight: false,
     };
     task.control.set_electable(false);
     tokio::spawn(async move { task.run(rx).await });
@@ -314,6 +316,8 @@ enum Input {
     Confirmed { term: u64, state: ControlState },
     /// Leadership in `term` could not be confirmed (yet).
     Unconfirmed { term: u64 },
+    /// A cursor proposal ended: one answer per cursor it carried.
+    CursorsDone(Vec<SyncEvent>),
     /// A batch could not be written to the outbox.
     OutboxFailed { key: BatchKey, error: String },
     /// The aggregate streams one node holds (`None`: this node's store), or `None` if it did
@@ -345,6 +349,10 @@ struct Task {
     drain_tried: Option<Instant>,
     /// The term whose leadership is being confirmed.
     confirming: Option<u64>,
+    /// Cursor advances waiting to be proposed: stream -> (term, up to).
+    cursor_queue: BTreeMap<StreamId, (u64, u64)>,
+    /// Whether a cursor proposal is in flight.
+    cursor_inflight: bool,
     /// Outbox writes under way, by batch: each says whether it became durable.
     persisting: BTreeMap<BatchKey, oneshot::Receiver<bool>>,
     /// Whether the startup grace ([`STARTUP_GRACE`]) is over.
@@ -366,6 +374,7 @@ impl Task {
         self.on_leader().await;
         let grace = tokio::time::sleep(STARTUP_GRACE);
         tokio::pin!(grace);
+
         loop {
             let now = self.now();
             let wait = self
@@ -410,6 +419,7 @@ impl Task {
         self.syncer = None;
         self.led = None;
         self.persisting.clear();
+        self.cursor_queue.clear();
         let Some(cloud) = &self.cloud else {
             return;
         };
@@ -469,6 +479,11 @@ impl Task {
 
     async fn on_leader(&mut self) {
         let leader = self.control.leader();
+        // Heard from a leader other than a stale self (a restarted leader believes it still
+        // leads until it hears otherwise): this node is in touch, the grace can end.
+        if leader.as_ref().is_some_and(|l| l.id != self.me) {
+            self.settle();
+        }
         let (term, leads) = match &leader {
             Some(l) => (l.term, l.id == self.me),
             None => (self.control.term(), false),
@@ -564,6 +579,13 @@ impl Task {
     async fn on_input(&mut self, input: Input) {
         match input {
             Input::Sync(ev) => self.feed(ev).await,
+            Input::CursorsDone(events) => {
+                self.cursor_inflight = false;
+                for ev in events {
+                    self.feed(ev).await;
+                }
+                self.flush_cursors();
+            }
             Input::OutboxFailed { key, error } => {
                 error!(batch = %key, "cannot write the outbox: {error}; restarting the sync from the outbox and cursors");
                 self.metrics.gateway().warning("outbox_write");
@@ -893,39 +915,77 @@ impl Task {
         });
     }
 
-    fn propose(&self, term: u64, stream: StreamId, up_to: u64) {
+    /// Queues a cursor advance; [`Task::flush_cursors`] proposes the queue as one command.
+    fn propose(&mut self, term: u64, stream: StreamId, up_to: u64) {
+        let entry = self.cursor_queue.entry(stream).or_insert((term, up_to));
+        if entry.0 == term {
+            entry.1 = entry.1.max(up_to);
+        } else {
+            *entry = (term, up_to);
+        }
+        self.flush_cursors();
+    }
+
+    /// Proposes every queued cursor advance of one term as one Raft command, unless one is in
+    /// flight: advances that arrive meanwhile go in the next (group commit), so the log grows by
+    /// one entry per commit round rather than one per acknowledged batch.
+    fn flush_cursors(&mut self) {
+        if self.cursor_inflight || self.cursor_queue.is_empty() {
+            return;
+        }
+        let Some(term) = self.cursor_queue.values().map(|(t, _)| *t).next() else {
+            return;
+        };
+        let mut cursors = Vec::new();
+        self.cursor_queue.retain(|stream, (t, up_to)| {
+            if *t == term && cursors.len() < verge_control::CURSORS_PER_COMMAND_MAX {
+                cursors.push((stream.clone(), *up_to));
+                false
+            } else {
+                true
+            }
+        });
+        self.cursor_inflight = true;
         let control = self.control.clone();
         let tx = self.tx.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
             let cmd = Command::AdvanceCursors {
                 term,
-                cursors: vec![(stream.clone(), up_to)],
+                cursors: cursors.clone(),
             };
-            let failed = match control.propose(cmd).await {
-                Ok(Response::Refused(Refusal::CursorsBehind(_))) | Ok(Response::Cursors { .. }) => {
-                    None
-                }
-                Ok(Response::Refused(r)) => Some(r.to_string()),
-                Ok(other) => Some(format!("unexpected answer {other:?}")),
-                Err(ControlError::Invalid(Refusal::CursorsBehind(_))) => None,
-                Err(e) => Some(e.to_string()),
+            // All or nothing: a refusal names the cursors already further on (committed by
+            // someone), and the rest did not move.
+            let (ahead, failed): (Vec<StreamId>, Option<String>) = match control.propose(cmd).await
+            {
+                Ok(Response::Cursors { .. }) => (Vec::new(), None),
+                Ok(Response::Refused(Refusal::CursorsBehind(behind)))
+                | Err(ControlError::Invalid(Refusal::CursorsBehind(behind))) => (
+                    behind.into_iter().map(|b| b.stream).collect(),
+                    Some("another cursor in the same command was behind".to_owned()),
+                ),
+                Ok(Response::Refused(r)) => (Vec::new(), Some(r.to_string())),
+                Ok(other) => (Vec::new(), Some(format!("unexpected answer {other:?}"))),
+                Err(e) => (Vec::new(), Some(e.to_string())),
             };
-            let ev = match failed {
-                None => {
-                    metrics.gateway().cursor("committed");
-                    SyncEvent::CursorCommitted { stream, up_to }
-                }
-                Some(error) => {
-                    metrics.gateway().cursor("failed");
-                    SyncEvent::CursorProposeFailed {
-                        stream,
-                        up_to,
-                        error,
+            let events = cursors
+                .into_iter()
+                .map(|(stream, up_to)| match &failed {
+                    Some(error) if !ahead.contains(&stream) => {
+                        metrics.gateway().cursor("failed");
+                        SyncEvent::CursorProposeFailed {
+                            stream,
+                            up_to,
+                            error: error.clone(),
+                        }
                     }
-                }
-            };
-            let _ = tx.send(Input::Sync(ev));
+                    _ => {
+                        metrics.gateway().cursor("committed");
+                        SyncEvent::CursorCommitted { stream, up_to }
+                    }
+                })
+                .collect();
+            let _ = tx.send(Input::CursorsDone(events));
         });
     }
 

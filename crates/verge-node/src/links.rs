@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quinn::Connection;
 use verge_proto::NodeId;
@@ -43,14 +43,28 @@ pub enum LinkError {
 /// The connections to one peer: the one this node dialed, and the one the peer dialed to it.
 #[derive(Debug, Default)]
 struct Slot {
-    dialed: Option<Connection>,
-    inbound: Option<Connection>,
+    dialed: Option<(Connection, Instant)>,
+    inbound: Option<(Connection, Instant)>,
+}
+
+impl Slot {
+    /// The newest open connection. A peer that restarted dials in at once, while the connection
+    /// this node dialed to its old incarnation looks open until heartbeats time out (about a
+    /// second): requests sent on it would wait for nothing.
+    fn best(&self) -> Option<Connection> {
+        [&self.dialed, &self.inbound]
+            .into_iter()
+            .flatten()
+            .filter(|(c, _)| c.close_reason().is_none())
+            .max_by_key(|(_, at)| *at)
+            .map(|(c, _)| c.clone())
+    }
 }
 
 /// The current connections to each peer: the one its dialer last published, and the one the peer
-/// last dialed in. Requests prefer the dialed one; the inbound one carries them while this node's
-/// dialer is still backing off (right after the peer restarted), so the peer hears the gateway's
-/// heartbeats as soon as it has dialed in.
+/// last dialed in. Requests go on the newer of the two: right after the peer restarted that is the
+/// one it dialed in, so it hears the gateway's heartbeats and vote requests at once, while this
+/// node's dialer still holds (or backs off from) a connection to the dead incarnation.
 #[derive(Debug, Clone)]
 pub struct PeerLinks {
     conns: Arc<BTreeMap<NodeId, Mutex<Slot>>>,
@@ -74,14 +88,16 @@ impl PeerLinks {
     /// Publishes (or, with `None`, withdraws) the connection to `peer`.
     pub fn set(&self, peer: &NodeId, conn: Option<Connection>) {
         if let Some(slot) = self.conns.get(peer) {
-            slot.lock().unwrap_or_else(PoisonError::into_inner).dialed = conn;
+            slot.lock().unwrap_or_else(PoisonError::into_inner).dialed =
+                conn.map(|c| (c, Instant::now()));
         }
     }
 
     /// Publishes the connection `peer` dialed to this node.
     pub fn set_inbound(&self, peer: &NodeId, conn: Connection) {
         if let Some(slot) = self.conns.get(peer) {
-            slot.lock().unwrap_or_else(PoisonError::into_inner).inbound = Some(conn);
+            slot.lock().unwrap_or_else(PoisonError::into_inner).inbound =
+                Some((conn, Instant::now()));
         }
     }
 
@@ -92,7 +108,7 @@ impl PeerLinks {
             if slot
                 .inbound
                 .as_ref()
-                .is_some_and(|c| c.stable_id() == conn.stable_id())
+                .is_some_and(|(c, _)| c.stable_id() == conn.stable_id())
             {
                 slot.inbound = None;
             }
@@ -122,10 +138,7 @@ impl PeerLinks {
                 .ok_or_else(|| LinkError::Unknown(peer.clone()))?
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            slot.dialed
-                .clone()
-                .or_else(|| slot.inbound.clone())
-                .ok_or_else(|| LinkError::Down(peer.clone()))?
+            slot.best().ok_or_else(|| LinkError::Down(peer.clone()))?
         };
         let msg = PeerMessage::Request(req);
         let call = verge_net::request::<_, PeerMessage>(&conn, &msg, self.frame_max);
