@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 use verge_proto::admin::{IngestAck, IngestReading, ReplicaView, StreamRole, StreamView};
-use verge_proto::{NodeId, Record, StreamId};
+use verge_proto::{NodeId, Record, StreamId, StreamKind};
 use verge_sim::{AdminClient, AdminError, ClusterSpec, LocalCluster};
 use verge_tests::{TEST_TIMEOUT, cluster, eventually, http_get, metric, start_mesh, verge_bin};
 
@@ -324,7 +324,8 @@ async fn owned_streams(admin: &AdminClient, addr: SocketAddr, owner: &NodeId) ->
         .await
         .expect("streams")
         .into_iter()
-        .filter(|s| &s.id.owner == owner)
+        // The producer's streams; the node's aggregate streams (a window every 10 s) are not.
+        .filter(|s| &s.id.owner == owner && s.id.kind == StreamKind::Raw)
         .collect()
 }
 
