@@ -45,6 +45,26 @@ fn corridor(cloud: &CloudProcess, n: usize) -> LocalCluster {
     LocalCluster::create(&spec).expect("layout")
 }
 
+/// A started corridor of `n` nodes syncing to `cloud`, with every node marked running.
+async fn started(cloud: &CloudProcess, n: usize) -> (LocalCluster, Vec<bool>) {
+    let mut c = corridor(cloud, n);
+    verge_tests::start_mesh(&mut c).await;
+    let running = vec![true; c.nodes.len()];
+    (c, running)
+}
+
+/// Waits until the cloud holds some windows.
+async fn first_windows(client: &CloudClient) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cloud_state(client).await.is_none_or(|(_, w)| w == 0) {
+        assert!(
+            Instant::now() < deadline,
+            "no window reached the cloud in 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The gateway as the running nodes see it, if they agree on one: (index, id, term).
 async fn gateway(c: &LocalCluster, running: &[bool]) -> Option<(usize, NodeId, u64)> {
     let admin = c.admin();
@@ -186,20 +206,12 @@ async fn killing_the_gateway_five_times_loses_and_duplicates_no_window() {
     let _serial = SERIAL.lock().await;
     tokio::time::timeout(TEST_TIMEOUT * 2, async {
         let cloud = CloudProcess::start(&[]);
-        let mut c = corridor(&cloud, 5);
-        verge_tests::start_mesh(&mut c).await;
-        let mut running = vec![true; c.nodes.len()];
+        let (mut c, mut running) = started(&cloud, 5).await;
         let client = client(&cloud);
 
         let (_, first, term) = wait_gateway(&c, &running, None, Duration::from_secs(10)).await;
         println!("gateway {first} in term {term}");
-        assert!(
-            verge_tests::eventually(Duration::from_secs(20), || {
-                futures_poll(cloud_state(&client)).is_some_and(|(_, w)| w > 0)
-            })
-            .await,
-            "the first windows reach the cloud"
-        );
+        first_windows(&client).await;
 
         for round in 1..=5 {
             let (victim, id, term) = wait_gateway(&c, &running, None, Duration::from_secs(10)).await;
@@ -253,9 +265,7 @@ async fn a_cut_off_gateway_is_fenced_by_the_cloud() {
     let _serial = SERIAL.lock().await;
     tokio::time::timeout(TEST_TIMEOUT, async {
         let cloud = CloudProcess::start(&[]);
-        let mut c = corridor(&cloud, 3);
-        verge_tests::start_mesh(&mut c).await;
-        let running = vec![true; c.nodes.len()];
+        let (c, running) = started(&cloud, 3).await;
         let client = client(&cloud);
         let (old, old_id, old_term) =
             wait_gateway(&c, &running, None, Duration::from_secs(10)).await;
@@ -324,19 +334,10 @@ async fn a_sixty_second_cloud_outage_loses_nothing() {
     let _serial = SERIAL.lock().await;
     tokio::time::timeout(TEST_TIMEOUT * 2, async {
         let mut cloud = CloudProcess::start(&[]);
-        let mut c = corridor(&cloud, 3);
-        verge_tests::start_mesh(&mut c).await;
-        let running = vec![true; c.nodes.len()];
+        let (c, running) = started(&cloud, 3).await;
         let client = client(&cloud);
         let (g, g_id, _) = wait_gateway(&c, &running, None, Duration::from_secs(10)).await;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while cloud_state(&client).await.is_none_or(|(_, w)| w == 0) {
-            assert!(
-                Instant::now() < deadline,
-                "nothing synced before the outage"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        first_windows(&client).await;
         cloud.kill();
         println!("cloud down; gateway {g_id}");
         tokio::time::sleep(Duration::from_secs(60)).await;
@@ -375,16 +376,10 @@ async fn a_misbehaving_cloud_costs_nothing_but_time() {
     let _serial = SERIAL.lock().await;
     tokio::time::timeout(TEST_TIMEOUT * 2, async {
         let cloud = CloudProcess::start(&["--faults"]);
-        let mut c = corridor(&cloud, 3);
-        verge_tests::start_mesh(&mut c).await;
-        let running = vec![true; c.nodes.len()];
+        let (mut c, running) = started(&cloud, 3).await;
         let client = client(&cloud);
         let (g, g_id, _) = wait_gateway(&c, &running, None, Duration::from_secs(10)).await;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while cloud_state(&client).await.is_none_or(|(_, w)| w == 0) {
-            assert!(Instant::now() < deadline, "nothing synced");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        first_windows(&client).await;
         for (mode, hold) in [
             (vec!["--mode", "error"], 5),
             (vec!["--mode", "garbage"], 5),
@@ -410,7 +405,6 @@ async fn a_misbehaving_cloud_costs_nothing_but_time() {
             log.contains("posting failed"),
             "the gateway's log says what failed"
         );
-        let mut c = c;
         for i in 0..c.nodes.len() {
             assert!(c.is_running(i), "node {i} kept running");
         }
@@ -427,9 +421,7 @@ async fn the_gateway_moves_on_transfer_and_drain() {
     let _serial = SERIAL.lock().await;
     tokio::time::timeout(TEST_TIMEOUT, async {
         let cloud = CloudProcess::start(&[]);
-        let mut c = corridor(&cloud, 3);
-        verge_tests::start_mesh(&mut c).await;
-        let running = vec![true; c.nodes.len()];
+        let (c, running) = started(&cloud, 3).await;
         let admin = c.admin();
         let (g, g_id, _) = wait_gateway(&c, &running, None, Duration::from_secs(10)).await;
         let target = (g + 1) % 3;
@@ -502,11 +494,6 @@ async fn the_gateway_moves_on_transfer_and_drain() {
     })
     .await
     .expect("test timed out");
-}
-
-/// Polls a future once on a throwaway runtime-free path: used inside `eventually` closures.
-fn futures_poll<F: std::future::Future>(f: F) -> F::Output {
-    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }
 
 /// Metrics of node `i`.

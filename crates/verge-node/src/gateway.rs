@@ -423,7 +423,8 @@ impl Task {
         let Some(cloud) = &self.cloud else {
             return;
         };
-        let seed = self.origin.elapsed().as_nanos() as u64 ^ hash(self.me.as_str());
+        // Any seed will do: it only spreads retries.
+        let seed = self.origin.elapsed().as_nanos() as u64 ^ verge_control::raft_id(&self.me);
         let mut syncer = match Syncer::new(cloud.sync.clone(), seed) {
             Ok(s) => s,
             Err(e) => {
@@ -1051,12 +1052,6 @@ fn dense_from(from: u64, records: Vec<(u64, Record)>) -> Vec<Record> {
         .take_while(|((seq, _), want)| seq == want)
         .map(|((_, r), _)| r)
         .collect()
-}
-
-fn hash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
 }
 
 /// Why the outbox failed.
