@@ -157,6 +157,11 @@ impl CloudSection {
     pub fn sync_config(&self, me: &NodeId) -> verge_sync::SyncConfig {
         verge_sync::SyncConfig {
             batch_windows_max: self.batch_windows_max,
+            // One post and one read per stream at once for a corridor's worth of aggregate
+            // streams (the core's default of 16 left streams of a 20-stream backlog waiting a
+            // round: 31 k windows/s drained, 43–51 k with 64).
+            posts_inflight_max: 64,
+            reads_inflight_max: 64,
             retry_ms_min: self.retry_ms_min,
             retry_ms_max: self.retry_ms_max,
             ..verge_sync::SyncConfig::new(self.cluster.clone(), me.clone())
