@@ -457,14 +457,13 @@ async fn the_gateway_moves_on_transfer_and_drain() {
             .await
             .expect("drain");
         assert!(view.drained.contains(&target_id), "{view:?}");
-        let (after, after_id, _) =
+        let (_, after_id, _) =
             wait_gateway(&c, &running, Some(&target_id), Duration::from_secs(10)).await;
         println!("drained {target_id}: gateway now {after_id}");
         // A transfer to a drained node is carried out by Raft, but the drained node hands it on.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (still, _, _) = wait_gateway(&c, &running, None, Duration::from_secs(5)).await;
         assert_ne!(still, target, "a drained node stays off the gateway role");
-        let _ = after;
 
         admin
             .to_gateway(
