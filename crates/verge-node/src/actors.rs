@@ -16,12 +16,12 @@ use rand::Rng;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use verge_net::{Accepted, CloseCode, FramedRecv, FramedSend, Net, NetError, authenticate};
-use verge_proto::NodeId;
 use verge_proto::admin::{
     AdminRequest, AdminResponse, MemberState, MemberView, NodeStatus, SyncView,
 };
 use verge_proto::peer::{PeerMessage, PeerReply, PeerRequest, PeerStream};
 use verge_proto::replication::ReplicationMessage;
+use verge_proto::{CodecError, NodeId};
 
 use crate::config::NodeConfig;
 use crate::links::PeerLinks;
@@ -36,6 +36,8 @@ pub const PEER_READ_RECORDS_MAX: u32 = 16_384;
 /// First and longest wait between two attempts to dial a peer.
 const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// The most replication messages sent to a peer as one frame.
+const REPLICATION_BATCH_MESSAGES_MAX: usize = 512;
 
 /// Evidence that a peer is alive.
 #[derive(Debug, Message)]
@@ -249,7 +251,7 @@ impl Shared {
 pub struct NetworkActor {
     shared: Arc<Shared>,
     /// Each peer's replication queue, handed to its dialer when the actor starts.
-    outboxes: BTreeMap<NodeId, mpsc::Receiver<ReplicationMessage>>,
+    outboxes: BTreeMap<NodeId, mpsc::Receiver<Vec<ReplicationMessage>>>,
 }
 
 /// What the network actor hands frames to and takes messages from.
@@ -260,7 +262,7 @@ pub struct Wiring {
     /// Serves ingest, reads and replication frames.
     pub store: Addr<crate::storage::StoreActor>,
     /// Each peer's replication queue.
-    pub outboxes: BTreeMap<NodeId, mpsc::Receiver<ReplicationMessage>>,
+    pub outboxes: BTreeMap<NodeId, mpsc::Receiver<Vec<ReplicationMessage>>>,
     /// Where dialers publish their connections.
     pub links: PeerLinks,
     /// The control plane, if configured; serves peers' control calls.
@@ -404,7 +406,14 @@ async fn serve_peer(s: Arc<Shared>, id: NodeId, conn: Connection) {
                     PeerMessage::Replication(msg) => {
                         s.store.do_send(FromPeer {
                             from: id.clone(),
-                            msg,
+                            msgs: vec![msg],
+                        });
+                        None
+                    }
+                    PeerMessage::ReplicationBatch(msgs) => {
+                        s.store.do_send(FromPeer {
+                            from: id.clone(),
+                            msgs,
                         });
                         None
                     }
@@ -742,7 +751,7 @@ async fn dial_loop(
     s: Arc<Shared>,
     id: NodeId,
     addr: SocketAddr,
-    mut outbox: mpsc::Receiver<ReplicationMessage>,
+    mut outbox: mpsc::Receiver<Vec<ReplicationMessage>>,
 ) {
     let mut backoff = DIAL_BACKOFF_MIN;
     let mut last_error: Option<String> = None;
@@ -782,24 +791,55 @@ async fn dial_loop(
     }
 }
 
-/// Sends the replication messages queued for the peer over one stream of `conn`, in order;
-/// returns why it stopped. Nothing answers on this stream: replies come over the connection the
-/// peer dialed.
+/// Sends the replication messages queued for the peer over one stream of `conn`, in order, one
+/// frame per batch the store queued (batches waiting together go as one frame, up to
+/// [`REPLICATION_BATCH_MESSAGES_MAX`] messages; a frame over the size limit goes out as one frame
+/// per message instead); returns why it stopped. Nothing answers on this stream: replies come
+/// over the connection the peer dialed.
 async fn replicate(
     s: &Arc<Shared>,
     conn: &Connection,
-    outbox: &mut mpsc::Receiver<ReplicationMessage>,
+    outbox: &mut mpsc::Receiver<Vec<ReplicationMessage>>,
 ) -> String {
     let (send, _recv) = match conn.open_bi().await {
         Ok(pair) => pair,
         Err(e) => return e.to_string(),
     };
     let mut send = FramedSend::new(send, s.frame_max());
-    while let Some(msg) = outbox.recv().await {
-        if let Err(e) = send.send(&PeerMessage::Replication(msg)).await {
+    while let Some(mut batch) = outbox.recv().await {
+        while batch.len() < REPLICATION_BATCH_MESSAGES_MAX
+            && let Ok(more) = outbox.try_recv()
+        {
+            batch.extend(more);
+        }
+        let frame = PeerMessage::ReplicationBatch(batch);
+        let queued = match send.queue(&frame) {
+            Err(NetError::Frame(CodecError::Oversize { .. })) => {
+                // Too big as one frame: one frame per message.
+                let mut queued = Ok(());
+                if let PeerMessage::ReplicationBatch(msgs) = frame {
+                    for msg in msgs {
+                        queued = send.queue(&PeerMessage::Replication(msg));
+                        if queued.is_err() {
+                            break;
+                        }
+                        s.metrics.frame_out();
+                    }
+                }
+                queued
+            }
+            Ok(()) => {
+                s.metrics.frame_out();
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = queued {
             return format!("replication stream: {e}");
         }
-        s.metrics.frame_out();
+        if let Err(e) = send.flush().await {
+            return format!("replication stream: {e}");
+        }
     }
     "replication queue closed".to_owned()
 }

@@ -166,6 +166,7 @@ fn kind(m: &PeerMessage) -> &'static str {
         PeerMessage::Pong { .. } => "a pong",
         PeerMessage::Blob { .. } => "a blob",
         PeerMessage::Replication(_) => "a replication message",
+        PeerMessage::ReplicationBatch(_) => "a batch of replication messages",
         PeerMessage::Request(_) => "a request",
         PeerMessage::Reply(_) => "a reply",
     }

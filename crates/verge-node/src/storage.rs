@@ -4,15 +4,20 @@
 //! (an [`Owner`] for the node's own streams, a [`Replica`] for the copies it keeps of its
 //! neighbours' streams), and runs on its own arbiter thread, because a flush is a blocking fsync.
 //! It is the cores' driver (see "Driving the cores" in `verge-replica`): it numbers a producer's
-//! readings with [`Owner::next_seq`], appends them, group-commits (own readings are flushed as
-//! soon as the actor has handled the messages waiting for it, copies at the latest every
-//! `store.flush_interval_ms`; one flush covers everything appended meanwhile; see
-//! `FlushWhenIdle`), feeds flush results, peer liveness, replication messages and timer ticks to
-//! the cores, and carries out what they return: reading records to send, storing copies,
-//! recording holders, answering producers. A producer is answered only when the owner core says
-//! `write_quorum` holders (or, degraded, `min_replicas`) have its readings on disk. Replication messages leave through one bounded queue per peer that
-//! the network actor drains into the connection it dialed to that peer; a message that does not
-//! fit is dropped and counted, and the owner core sends it again.
+//! readings with [`Owner::next_seq`], appends them, group-commits (a flush starts as soon as the
+//! actor has handled the messages waiting for it and no flush is running; it syncs on a blocking
+//! thread while the actor goes on appending, and one flush covers everything appended before it
+//! started; see `WhenIdle`), feeds flush results, peer liveness, replication messages and timer
+//! ticks to the cores, and carries out what they return: reading records to send, storing
+//! copies, recording holders, answering producers. A producer is answered only when the owner
+//! core says `write_quorum` holders (or, degraded, `min_replicas`) have its readings on disk.
+//!
+//! Replication messages leave through one bounded queue per peer that the network actor drains
+//! into the connection it dialed to that peer. What the cores send while the actor handles its
+//! mailbox is gathered per peer and queued as one batch when the mailbox is empty, so the
+//! appends one producer's request causes reach a replica together and one flush there covers
+//! them all. A batch that does not fit is dropped and counted, and the owner core sends its
+//! messages again.
 //!
 //! [`SensorActor`] polls the configured sensor source and feeds the store, holding back (not
 //! dropping) when the store falls behind.
@@ -52,7 +57,8 @@ const GAUGE_INTERVAL: Duration = Duration::from_millis(500);
 const CATCHUP_LOG_EVERY_MS: u64 = 2_000;
 /// The most records one query returns.
 pub const QUERY_LIMIT_MAX: u32 = 100_000;
-/// Replication messages queued for one peer before more are dropped (and later resent).
+/// Batches of replication messages queued for one peer before more are dropped (and later
+/// resent).
 pub const OUTBOX_MESSAGES_MAX: usize = 1024;
 /// How often the aggregation windows are closed against the clock.
 const AGGREGATE_TICK: Duration = Duration::from_millis(250);
@@ -60,8 +66,8 @@ const AGGREGATE_TICK: Duration = Duration::from_millis(250);
 /// restart, or the store refused) before the oldest are dropped.
 const WINDOWS_PENDING_MAX: usize = 10_000;
 
-/// One bounded queue of replication messages per peer, drained by the network actor.
-pub type Outboxes = Arc<BTreeMap<NodeId, mpsc::Sender<ReplicationMessage>>>;
+/// One bounded queue of batches of replication messages per peer, drained by the network actor.
+pub type Outboxes = Arc<BTreeMap<NodeId, mpsc::Sender<Vec<ReplicationMessage>>>>;
 
 /// Makes the per-peer replication queues: the senders for the store actor, the receivers for
 /// the network actor's dialers.
@@ -69,7 +75,7 @@ pub fn outboxes<'a>(
     peers: impl IntoIterator<Item = &'a NodeId>,
 ) -> (
     Outboxes,
-    BTreeMap<NodeId, mpsc::Receiver<ReplicationMessage>>,
+    BTreeMap<NodeId, mpsc::Receiver<Vec<ReplicationMessage>>>,
 ) {
     let mut tx = BTreeMap::new();
     let mut rx = BTreeMap::new();
@@ -132,14 +138,15 @@ pub struct PeerLiveness {
     pub up: bool,
 }
 
-/// A replication message from a peer; `from` is the node id of the connection's certificate.
+/// Replication messages from a peer, in the order sent; `from` is the node id of the
+/// connection's certificate.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct FromPeer {
     /// The sender.
     pub from: NodeId,
-    /// The message.
-    pub msg: ReplicationMessage,
+    /// The messages.
+    pub msgs: Vec<ReplicationMessage>,
 }
 
 /// A producer waiting for its readings to be acknowledged.
@@ -172,8 +179,12 @@ pub struct StoreActor {
     origin: Instant,
     /// Peers the membership table sees as reachable, to feed a rebuilt core.
     up: BTreeSet<NodeId>,
-    /// Streams appended to since the last flush.
+    /// Streams appended to since the last flush started.
     dirty: Dirty,
+    /// Whether a flush is running on a blocking thread.
+    flushing: bool,
+    /// Replication messages gathered per peer, queued as one batch when the mailbox is empty.
+    sending: BTreeMap<NodeId, Vec<ReplicationMessage>>,
     producers: HashMap<u64, Producer>,
     next_producer: u64,
     /// Per stream: producers waiting, by the last sequence number they need acknowledged, with
@@ -207,7 +218,9 @@ impl StoreActor {
     ) -> Self {
         Self {
             store,
-            dirty: Dirty::new(me.clone()),
+            dirty: Dirty::new(),
+            flushing: false,
+            sending: BTreeMap::new(),
             me,
             cfg,
             repl,
@@ -361,14 +374,30 @@ impl StoreActor {
         self.replica_actions(actions);
     }
 
-    fn send(&self, to: &NodeId, msg: ReplicationMessage) {
-        let Some(outbox) = self.outboxes.get(to) else {
-            warn!(peer = %to, "no connection is configured to peer {to}; replication message dropped");
-            return;
-        };
-        if outbox.try_send(msg).is_err() {
-            self.metrics.replication_dropped(to.as_str());
-            debug!(peer = %to, "replication queue full; the message will be resent");
+    /// Gathers `msg` for `to`; it leaves with the rest of the batch when the mailbox is empty
+    /// (`WhenIdle`) or a flush ends.
+    fn send(&mut self, to: &NodeId, msg: ReplicationMessage) {
+        let batch = self.sending.entry(to.clone()).or_default();
+        batch.push(msg);
+        if batch.len() == 1 {
+            self.dirty.wake();
+        }
+    }
+
+    /// Queues what was gathered for each peer as one batch.
+    fn push_sends(&mut self) {
+        for (to, batch) in std::mem::take(&mut self.sending) {
+            let Some(outbox) = self.outboxes.get(&to) else {
+                warn!(peer = %to, messages = batch.len(), "no connection is configured to peer {to}; replication messages dropped");
+                continue;
+            };
+            let messages = batch.len();
+            if outbox.try_send(batch).is_err() {
+                for _ in 0..messages {
+                    self.metrics.replication_dropped(to.as_str());
+                }
+                debug!(peer = %to, messages, "replication queue full; the messages will be resent");
+            }
         }
     }
 
@@ -592,17 +621,55 @@ impl StoreActor {
         }
     }
 
-    /// Group commit: one flush for everything appended since the last, then the cores hear how
-    /// far each touched stream is durable (step 3 of the driver).
-    fn flush(&mut self) {
+    /// Group commit: starts one flush, on a blocking thread, of everything appended since the
+    /// last one started, unless one is running. The actor goes on appending meanwhile; when the
+    /// flush ends, the cores hear how far each stream it covered is durable (step 3 of the
+    /// driver), and the next flush starts at once if more was appended.
+    fn start_flush(&mut self, ctx: &mut Context<Self>) {
+        if self.flushing || self.dirty.is_empty() {
+            return;
+        }
+        self.flushing = true;
+        let streams = self.dirty.take();
+        let store = self.store.clone();
+        let flush = tokio::task::spawn_blocking(move || store.flush());
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(flush).map(move |res, act, ctx| {
+                act.flushing = false;
+                let ok = act.flushed(
+                    match res {
+                        Ok(flushed) => flushed.map_err(|e| e.to_string()),
+                        Err(e) => Err(format!("the flush thread failed: {e}")),
+                    },
+                    streams,
+                );
+                act.push_sends();
+                // After a failure the timer retries, so a broken disk is not hammered.
+                if ok {
+                    act.start_flush(ctx);
+                }
+            }),
+        );
+    }
+
+    /// Flushes on the actor's own thread, blocking it: for shutdown.
+    fn flush_blocking(&mut self) {
         if self.dirty.is_empty() {
             return;
         }
-        match self.store.flush() {
+        let streams = self.dirty.take();
+        let res = self.store.flush().map_err(|e| e.to_string());
+        self.flushed(res, streams);
+        self.push_sends();
+    }
+
+    /// Tells the cores what a flush made durable; on failure keeps `streams` dirty and rebuilds
+    /// the cores. Returns whether it succeeded.
+    fn flushed(&mut self, res: Result<(), String>, streams: BTreeSet<StreamId>) -> bool {
+        match res {
             Ok(()) => {
                 self.metrics.store_flush(true);
-                let dirty = self.dirty.take();
-                for stream in dirty {
+                for stream in streams {
                     let up_to = self.store.durable_head(&stream);
                     if stream.owner == self.me {
                         self.owner_event(OwnerEvent::LocalDurable { stream, up_to });
@@ -610,10 +677,13 @@ impl StoreActor {
                         self.replica_event(ReplicaEvent::LocalDurable { stream, up_to });
                     }
                 }
+                true
             }
             Err(e) => {
                 self.metrics.store_flush(false);
+                self.dirty.restore(streams);
                 self.rebuild(&format!("flushing the store failed: {e}"));
+                false
             }
         }
     }
@@ -897,32 +967,36 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Streams appended to since the last flush, and the flush waiting for this node's own.
+/// Streams appended to since the last flush started, and the wake-up of [`WhenIdle`].
 #[derive(Debug)]
 struct Dirty {
-    me: NodeId,
     streams: BTreeSet<StreamId>,
-    /// Whether one of `streams` is this node's own.
-    own: bool,
-    /// Wakes [`FlushWhenIdle`] when one of this node's own streams is added.
+    /// Wakes [`WhenIdle`] when a stream is added or replication messages are gathered.
     waker: Option<Waker>,
 }
 
 impl Dirty {
-    fn new(me: NodeId) -> Self {
+    fn new() -> Self {
         Self {
-            me,
             streams: BTreeSet::new(),
-            own: false,
             waker: None,
         }
     }
 
     fn insert(&mut self, stream: StreamId) {
-        let own = stream.owner == self.me;
-        self.own |= own;
-        self.streams.insert(stream);
-        if own && let Some(waker) = self.waker.take() {
+        if self.streams.insert(stream) {
+            self.wake();
+        }
+    }
+
+    /// Puts back the streams of a failed flush, without a wake-up: the timer retries them, so
+    /// a broken disk is not hammered.
+    fn restore(&mut self, streams: BTreeSet<StreamId>) {
+        self.streams.extend(streams);
+    }
+
+    fn wake(&mut self) {
+        if let Some(waker) = self.waker.take() {
             waker.wake();
         }
     }
@@ -932,40 +1006,31 @@ impl Dirty {
     }
 
     fn take(&mut self) -> BTreeSet<StreamId> {
-        self.own = false;
         std::mem::take(&mut self.streams)
     }
 }
 
-/// The group commit for this node's own readings: a flush as soon as the actor is idle with
-/// some appended, rather than at the next `store.flush_interval_ms` tick, which added up to an
-/// interval to every acknowledgement.
-///
-/// An append to an own stream wakes this future; actix polls the actor's spawned futures only
-/// after it has handled every message already in the mailbox, so the flush covers all of them.
-/// While the flush (a blocking fsync) runs, new messages queue up and the next flush covers them
-/// in turn: one flush at a time, as many appends per flush as arrived during the last one.
-///
-/// Copies of other nodes' streams still wait for the tick (or ride along with an own flush): an
-/// owner sends one message per stream, so flushing at the first would split the burst of one
-/// producer's request over two flushes in a row, and its acknowledgement would wait for both
-/// (in `verge bench store`, flushing copies at once too doubled the replicated ack p50).
-struct FlushWhenIdle;
+/// What the store actor does once it has handled every message waiting in its mailbox (actix
+/// polls an actor's spawned futures only after that): queue the replication messages gathered
+/// meanwhile, one batch per peer, then start a flush of what was appended, unless one is
+/// running. While a flush runs, appends go on and the next flush covers them: one flush at a
+/// time, as many appends per flush as arrived during the last one, and no ingest waits behind a
+/// sync. Copies of other nodes' streams are flushed the same way: the appends of one producer's
+/// request reach a replica as one batch, so flushing at once does not split them over two
+/// flushes.
+struct WhenIdle;
 
-impl ActorFuture<StoreActor> for FlushWhenIdle {
+impl ActorFuture<StoreActor> for WhenIdle {
     type Output = ();
 
     fn poll(
         self: Pin<&mut Self>,
         act: &mut StoreActor,
-        _: &mut Context<StoreActor>,
+        ctx: &mut Context<StoreActor>,
         task: &mut task::Context<'_>,
     ) -> Poll<()> {
-        if act.dirty.own {
-            act.flush();
-        }
-        // A failed flush leaves its streams dirty for the next wake-up (an append, a message, the
-        // timer) rather than retrying at once, which would spin on a broken disk.
+        act.push_sends();
+        act.start_flush(ctx);
         if !act
             .dirty
             .waker
@@ -985,10 +1050,10 @@ impl Actor for StoreActor {
         if let Err(e) = self.build_cores() {
             error!("{e}; retrying");
         }
-        ctx.spawn(FlushWhenIdle);
+        ctx.spawn(WhenIdle);
         ctx.run_interval(
             Duration::from_millis(self.cfg.flush_interval_ms),
-            |act, _| act.flush(),
+            |act, ctx| act.start_flush(ctx),
         );
         ctx.run_interval(
             Duration::from_millis((self.repl.resend_after_ms / 4).clamp(10, 250)),
@@ -1008,7 +1073,7 @@ impl Handler<Shutdown> for StoreActor {
     fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
         // Whatever was appended gets its flush before the process goes; producers still waiting
         // for replicas are told their readings were not acknowledged.
-        self.flush();
+        self.flush_blocking();
         self.fail_producers("the node is shutting down before the readings were replicated");
         ctx.stop();
     }
@@ -1030,15 +1095,17 @@ impl Handler<PeerLiveness> for StoreActor {
 impl Handler<FromPeer> for StoreActor {
     type Result = ();
     fn handle(&mut self, msg: FromPeer, _: &mut Self::Context) {
-        match msg.msg {
-            ReplicationMessage::ToReplica(m) => self.replica_event(ReplicaEvent::Received {
-                from: msg.from,
-                msg: m,
-            }),
-            ReplicationMessage::ToOwner(m) => self.owner_event(OwnerEvent::Received {
-                from: msg.from,
-                msg: m,
-            }),
+        for m in msg.msgs {
+            match m {
+                ReplicationMessage::ToReplica(m) => self.replica_event(ReplicaEvent::Received {
+                    from: msg.from.clone(),
+                    msg: m,
+                }),
+                ReplicationMessage::ToOwner(m) => self.owner_event(OwnerEvent::Received {
+                    from: msg.from.clone(),
+                    msg: m,
+                }),
+            }
         }
     }
 }

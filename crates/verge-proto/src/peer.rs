@@ -41,6 +41,9 @@ pub enum PeerMessage {
     /// A message of the replication protocol ([`crate::replication`]). A node sends these on the
     /// connection it dialed to the receiver; nothing answers them on the same stream.
     Replication(ReplicationMessage),
+    /// Several replication messages, handled in order as if sent one by one. A node batches what
+    /// it has queued for a peer, so that the appends of one producer's request arrive together.
+    ReplicationBatch(Vec<ReplicationMessage>),
     /// A request that expects one [`PeerMessage::Reply`] on the same stream. The asker opens a
     /// stream per request.
     Request(PeerRequest),

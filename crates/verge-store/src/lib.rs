@@ -68,7 +68,8 @@ pub trait Store: Send + Sync + fmt::Debug {
         records: &[Record],
     ) -> Result<AppendOutcome, StoreError>;
 
-    /// Makes everything appended so far durable (one fsync for all streams).
+    /// Makes everything appended before the call durable (one fsync for all streams). Appends
+    /// made by other threads while it runs may wait for the next flush.
     ///
     /// # Errors
     ///

@@ -81,7 +81,8 @@ pub struct SledStore {
     holders: Mutex<BTreeMap<StreamId, Vec<NodeId>>>,
     /// The epoch last written to sled. Taken only while holding `streams`.
     epoch: Mutex<u64>,
-    /// Taken only while holding `streams`.
+    /// Taken by a flush after it released `streams`, and by holders, the epoch and resets while
+    /// holding `streams`; never the other way round.
     fsync: Mutex<Fsync>,
     /// Flushes that sealed records, which say whose turn to compact it is. Changed only while
     /// holding `streams`.
@@ -103,8 +104,12 @@ struct DiskStream {
     /// As committed to sled, except that an append fixes `meta.columns` of a new or reset stream
     /// before a flush commits it; `meta.head` is the highest sequence number in a block.
     meta: Meta,
-    /// Highest sequence number synced to disk. Below `meta.head` only after a failed sync.
+    /// Highest sequence number synced to disk. Below `meta.head` while a flush syncs outside
+    /// the lock, and after a failed sync.
     durable: u64,
+    /// Bumped by [`Store::reset`], so that a flush that sealed before the reset does not raise
+    /// the restarted stream's durable head to a head it had before.
+    incarnation: u64,
     /// The run of small blocks at the end of the stream, oldest first, that the next compaction
     /// merges.
     tail: Vec<BlockRef>,
@@ -287,6 +292,7 @@ impl SledStore {
                     key: key.to_vec(),
                     meta: m,
                     durable: m.head,
+                    incarnation: 0,
                     tail,
                     pending: Series::new(m.columns.unwrap_or(0)),
                 },
@@ -325,7 +331,8 @@ impl SledStore {
         })
     }
 
-    /// Makes everything committed to sled durable. Called with `streams` locked.
+    /// Makes everything committed to sled durable. A flush calls it after releasing `streams`;
+    /// holders, the epoch and resets while holding it.
     fn sync(&self) -> Result<(), StoreError> {
         let action = "sync to disk";
         self.db.flush().map_err(|e| self.disk(action, e))?;
@@ -691,6 +698,7 @@ impl Store for SledStore {
                 front_ts_ms: None,
             },
             durable: 0,
+            incarnation: 0,
             tail: Vec::new(),
             pending: Series::new(0),
         });
@@ -711,47 +719,62 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        let mut streams = self.lock();
-        let mut blocks = sled::Batch::default();
-        let mut meta = sled::Batch::default();
-        let mut sealed = Vec::new();
-        if streams.values().any(|s| !s.pending.is_empty()) {
-            let flush = self.flushes.fetch_add(1, Ordering::Relaxed);
-            for (slot, (id, s)) in streams.iter().enumerate() {
-                // A stream with nothing pending still compacts on its turn, so that the run of
-                // a stream that went quiet is merged too.
-                let compact = plan::compacts(
-                    flush,
-                    slot,
-                    s.tail.len(),
-                    s.pending.len(),
-                    TAIL_BLOCKS_MAX,
-                    BLOCK_RECORDS_MAX,
-                );
-                if s.pending.is_empty() && !compact {
-                    continue;
-                }
-                let plan = self.seal(id, s, compact, &mut blocks);
-                meta.insert(s.key.clone(), &plan.meta.encode()[..]);
-                sealed.push((id.clone(), plan));
-            }
-        }
-        if sealed.is_empty() && streams.values().all(|s| s.durable == s.meta.head) {
-            return Ok(());
-        }
-        if !sealed.is_empty() {
-            self.commit(&blocks, &meta, "write blocks")?;
-            for (id, plan) in sealed {
-                if let Some(s) = streams.get_mut(&id) {
-                    s.meta = plan.meta;
-                    s.tail = plan.tail;
-                    s.pending = Series::new(s.columns());
+        // Seal and commit under the lock, sync outside it: appends and reads go on while the
+        // disk works (one fsync can take milliseconds), and what they add waits for the next
+        // flush. Afterwards each stream's durable head rises to what was sealed here.
+        let sealed_heads = {
+            let mut streams = self.lock();
+            let mut blocks = sled::Batch::default();
+            let mut meta = sled::Batch::default();
+            let mut sealed = Vec::new();
+            if streams.values().any(|s| !s.pending.is_empty()) {
+                let flush = self.flushes.fetch_add(1, Ordering::Relaxed);
+                for (slot, (id, s)) in streams.iter().enumerate() {
+                    // A stream with nothing pending still compacts on its turn, so that the run of
+                    // a stream that went quiet is merged too.
+                    let compact = plan::compacts(
+                        flush,
+                        slot,
+                        s.tail.len(),
+                        s.pending.len(),
+                        TAIL_BLOCKS_MAX,
+                        BLOCK_RECORDS_MAX,
+                    );
+                    if s.pending.is_empty() && !compact {
+                        continue;
+                    }
+                    let plan = self.seal(id, s, compact, &mut blocks);
+                    meta.insert(s.key.clone(), &plan.meta.encode()[..]);
+                    sealed.push((id.clone(), plan));
                 }
             }
-        }
+            if sealed.is_empty() && streams.values().all(|s| s.durable == s.meta.head) {
+                return Ok(());
+            }
+            if !sealed.is_empty() {
+                self.commit(&blocks, &meta, "write blocks")?;
+                for (id, plan) in sealed {
+                    if let Some(s) = streams.get_mut(&id) {
+                        s.meta = plan.meta;
+                        s.tail = plan.tail;
+                        s.pending = Series::new(s.columns());
+                    }
+                }
+            }
+            streams
+                .iter()
+                .filter(|(_, s)| s.durable < s.meta.head)
+                .map(|(id, s)| (id.clone(), s.incarnation, s.meta.head))
+                .collect::<Vec<_>>()
+        };
         self.sync()?;
-        for s in streams.values_mut() {
-            s.durable = s.meta.head;
+        let mut streams = self.lock();
+        for (id, incarnation, head) in sealed_heads {
+            if let Some(s) = streams.get_mut(&id)
+                && s.incarnation == incarnation
+            {
+                s.durable = s.durable.max(head);
+            }
         }
         Ok(())
     }
@@ -986,7 +1009,9 @@ impl Store for SledStore {
         self.commit(&blocks, &meta_batch, action)?;
 
         // Committed: memory follows sled whether or not the sync succeeds.
-        let durable = streams.get(stream).map_or(0, |s| s.durable);
+        let (durable, incarnation) = streams
+            .get(stream)
+            .map_or((0, 0), |s| (s.durable, s.incarnation + 1));
         streams.insert(
             stream.clone(),
             DiskStream {
@@ -994,6 +1019,7 @@ impl Store for SledStore {
                 meta,
                 // Until a sync succeeds, the old durable head stands if it is lower.
                 durable: durable.min(meta.head),
+                incarnation,
                 tail: Vec::new(),
                 pending: Series::new(0),
             },
