@@ -767,7 +767,14 @@ mod tests {
         );
         let e = rows[2].as_ref().expect_err("speed -1 with vehicles");
         assert!(
-            matches!(e, ParseError::Invalid { line: 4, attr: "speed", .. }),
+            matches!(
+                e,
+                ParseError::Invalid {
+                    line: 4,
+                    attr: "speed",
+                    ..
+                }
+            ),
             "{e}"
         );
         assert!(matches!(
@@ -851,10 +858,14 @@ mod tests {
         assert!(src.poll(1_000_000).readings.is_empty());
         assert!(src.is_finished());
         assert!(matches!(
-            ReplaySource::new(None, None, ReplayConfig {
-                speed: 0.0,
-                ..ReplayConfig::default()
-            }),
+            ReplaySource::new(
+                None,
+                None,
+                ReplayConfig {
+                    speed: 0.0,
+                    ..ReplayConfig::default()
+                }
+            ),
             Err(ReplayOpenError::Speed(_))
         ));
     }

@@ -107,7 +107,10 @@ mod tests {
         let e = v.check(&r("e1_B1_A1B1_0", 1_000)).expect_err("unknown");
         assert_eq!(e.kind(), "unknown_detector");
         let msg = e.to_string();
-        assert!(msg.contains("e1_B1_A1B1_0") && msg.contains("sensor"), "{msg}");
+        assert!(
+            msg.contains("e1_B1_A1B1_0") && msg.contains("sensor"),
+            "{msg}"
+        );
         v.check(&r("e1_A1_A0A1_0", 1_000)).expect("known");
         assert_eq!(
             v.expected().collect::<Vec<_>>(),
@@ -152,14 +155,14 @@ mod tests {
         bad.speed = f64::INFINITY;
         let e = v.check(&bad).expect_err("not finite");
         assert_eq!(e.kind(), "not_finite");
-        assert_eq!(e.to_string(), "sensor a: speed = inf is not a finite number");
+        assert_eq!(
+            e.to_string(),
+            "sensor a: speed = inf is not a finite number"
+        );
         let mut bad = r("a", 1);
         bad.queue = -2.0;
         let e = v.check(&bad).expect_err("range");
-        assert_eq!(
-            e.to_string(),
-            "sensor a: queue = -2 is outside 0..=10000"
-        );
+        assert_eq!(e.to_string(), "sensor a: queue = -2 is outside 0..=10000");
         v.expect("a");
         v.expect("b");
         assert_eq!(v.expected().count(), 2);

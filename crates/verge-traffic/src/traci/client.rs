@@ -93,7 +93,8 @@ impl TraciClient {
             during,
             source,
         };
-        let len = codec::body_len(header, self.max_message_bytes).map_err(|e| protocol(e.into()))?;
+        let len =
+            codec::body_len(header, self.max_message_bytes).map_err(|e| protocol(e.into()))?;
         let mut body = vec![0u8; len];
         timed(addr, timeout, during, stream.read_exact(&mut body)).await?;
         codec::decode_responses(&body, requests).map_err(protocol)
@@ -168,12 +169,11 @@ impl TraciClient {
     pub async fn read(&mut self, plan: &ReadPlan) -> Result<StepSample, SourceError> {
         let during = "reading detectors";
         let responses = self.exchange(during, &plan.message, &plan.requests).await?;
-        plan.decode(responses)
-            .map_err(|e| SourceError::Protocol {
-                addr: self.addr,
-                during,
-                source: e.into(),
-            })
+        plan.decode(responses).map_err(|e| SourceError::Protocol {
+            addr: self.addr,
+            during,
+            source: e.into(),
+        })
     }
 
     /// close: ends this client's connection (SUMO goes on with the other clients, and ends
@@ -185,7 +185,13 @@ impl TraciClient {
     pub async fn close(mut self) -> Result<(), SourceError> {
         self.request("closing", &[Request::Close]).await?;
         // SUMO closes its end after the answer; a failed shutdown of ours changes nothing.
-        let _ = timed(self.addr, self.io_timeout, "closing", self.stream.shutdown()).await;
+        let _ = timed(
+            self.addr,
+            self.io_timeout,
+            "closing",
+            self.stream.shutdown(),
+        )
+        .await;
         Ok(())
     }
 

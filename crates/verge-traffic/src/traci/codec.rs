@@ -335,7 +335,10 @@ pub fn put_string(out: &mut Vec<u8>, s: &str) -> Result<(), EncodeError> {
         out.push(b);
     }
     let len = out.len() - start - 4;
-    let n = i32::try_from(len).map_err(|_| EncodeError::TooLong { what: "string", len })?;
+    let n = i32::try_from(len).map_err(|_| EncodeError::TooLong {
+        what: "string",
+        len,
+    })?;
     out[start..start + 4].copy_from_slice(&n.to_be_bytes());
     Ok(())
 }
@@ -1019,7 +1022,10 @@ mod tests {
         let deep: Vec<u8> = std::iter::repeat_n([id::TYPE_COMPOUND, 0, 0, 0, 1], 20)
             .flatten()
             .collect();
-        assert_eq!(Value::decode(&mut Cursor::new(&deep)), Err(DecodeError::TooDeep));
+        assert_eq!(
+            Value::decode(&mut Cursor::new(&deep)),
+            Err(DecodeError::TooDeep)
+        );
         assert!(matches!(
             body_len([0x7f, 0, 0, 0], MESSAGE_BYTES_MAX),
             Err(DecodeError::TooLarge { .. })

@@ -452,15 +452,26 @@ mod tests {
                 .is_none()
         );
         assert!(
-            a.observe(2_000, &[s(&["v1"], 100.0, 0.0, 0.0), s(&["v1"], 10.0, 0.0, 1.0)])
-                .is_none()
+            a.observe(
+                2_000,
+                &[s(&["v1"], 100.0, 0.0, 0.0), s(&["v1"], 10.0, 0.0, 1.0)]
+            )
+            .is_none()
         );
         assert!(
-            a.observe(3_000, &[s(&["v1", "v2"], 100.0, 2.5, 0.0), s(&["v1", "v2"], 20.0, 1.0, 2.0)])
-                .is_none()
+            a.observe(
+                3_000,
+                &[
+                    s(&["v1", "v2"], 100.0, 2.5, 0.0),
+                    s(&["v1", "v2"], 20.0, 1.0, 2.0)
+                ]
+            )
+            .is_none()
         );
         assert!(a.observe(4_000, &[none.clone(), none.clone()]).is_none());
-        let r = a.observe(5_000, &[none.clone(), none.clone()]).expect("interval ends");
+        let r = a
+            .observe(5_000, &[none.clone(), none.clone()])
+            .expect("interval ends");
         assert_eq!(r.len(), 2);
         let e1 = &r[0];
         assert_eq!((e1.sensor.as_str(), e1.ts_ms), ("e1_A1_A0A1_0", 1_005_000));
@@ -492,7 +503,10 @@ mod tests {
             let ids = [format!("v{}", t / 3)];
             let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
             let r = a
-                .observe(t * 1_000, &[s(&ids, 30.0, 8.0, 0.0), s(&ids, 5.0, 8.0, 1.0)])
+                .observe(
+                    t * 1_000,
+                    &[s(&ids, 30.0, 8.0, 0.0), s(&ids, 5.0, 8.0, 1.0)],
+                )
                 .expect("1 s intervals with 1 s steps");
             for r in r {
                 v.check(&r).expect("valid");

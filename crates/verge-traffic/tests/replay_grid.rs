@@ -1,0 +1,88 @@
+//! Replays the real E1/E2 files of a SUMO run of the 3x3 grid through the parser, the merged
+//! replay source and the validator. Needs `sumo`; prints "skipped" and passes without it.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::BufReader;
+use std::time::Instant;
+
+use verge_traffic::Validator;
+use verge_traffic::detector::{DetectorKind, approaches_for, tls_of};
+use verge_traffic::replay::{DetectorParser, ReplayConfig, ReplaySource};
+use verge_traffic::window::WindowConfig;
+
+#[test]
+fn the_grids_detector_files_replay_row_for_row_and_validate() {
+    if !common::sumo_available("the_grids_detector_files_replay_row_for_row_and_validate") {
+        return;
+    }
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    common::make_grid(dir.path(), &["--freq", "5"]);
+    let declared = common::declared_detectors(dir.path());
+    assert_eq!(declared.len(), 144, "72 E1 and 72 E2 detectors");
+
+    let mut per_file = BTreeMap::new();
+    for (kind, name) in [(DetectorKind::E1, "e1.xml"), (DetectorKind::E2, "e2.xml")] {
+        let path = dir.path().join("out").join(name);
+        let expected_rows = common::grep_c_interval(&path);
+        assert!(expected_rows > 10_000, "{name}: {expected_rows} rows");
+        let mut validator = Validator::new(declared.iter().cloned());
+        let mut rows = 0usize;
+        let mut vehicles = 0.0;
+        let input = BufReader::new(File::open(&path).expect("open"));
+        for row in DetectorParser::new(input, kind, 1_700_000_000_000) {
+            let reading = row.unwrap_or_else(|e| panic!("{name}: {e}"));
+            validator
+                .check(&reading)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(reading.sensor.starts_with(kind.prefix()));
+            vehicles += reading.count;
+            rows += 1;
+        }
+        assert_eq!(rows, expected_rows, "{name}: every row parsed");
+        assert!(vehicles > 1_000.0, "{name}: {vehicles} vehicles counted");
+        per_file.insert(name, rows);
+    }
+
+    // The merged replay of one intersection: only its detectors, in time order, every row.
+    let cfg = ReplayConfig {
+        base_epoch_ms: 0,
+        speed: 1.0,
+        tls: BTreeSet::from(["B1".to_string()]),
+    };
+    let out = dir.path().join("out");
+    let src = ReplaySource::open(Some(&out.join("e1.xml")), Some(&out.join("e2.xml")), cfg)
+        .expect("opens");
+    let b1: Vec<&String> = declared
+        .iter()
+        .filter(|d| tls_of(d) == Some("B1"))
+        .collect();
+    assert_eq!(b1.len(), 16);
+    let mut validator = Validator::new(b1.iter().map(|s| s.as_str()));
+    let mut last_ts = i64::MIN;
+    let mut n = 0usize;
+    for r in src {
+        let r = r.expect("valid row");
+        validator.check(&r).expect("a B1 detector, time forward");
+        assert!(r.ts_ms >= last_ts, "merged in time order");
+        last_ts = r.ts_ms;
+        n += 1;
+    }
+    let total = per_file["e1.xml"] + per_file["e2.xml"];
+    assert_eq!(n * 9, total, "B1 holds one ninth of the rows");
+
+    // Its approaches: four incoming edges, each with two lanes' E1 and E2.
+    let approaches = approaches_for("B1", declared.iter().map(String::as_str));
+    assert_eq!(approaches.len(), 4, "{approaches:?}");
+    assert!(approaches.values().all(|d| d.len() == 4));
+    WindowConfig {
+        approaches,
+        ..WindowConfig::default()
+    }
+    .validate()
+    .expect("a valid window config");
+    println!("replayed {total} rows in {:?}", t0.elapsed());
+}
