@@ -15,6 +15,7 @@
 //! nothing: the node crate wires sources, validation and windows to its actors.
 
 pub mod detector;
+pub mod fuzzing;
 mod reading;
 pub mod replay;
 mod synthetic;

@@ -48,6 +48,9 @@ use crate::detector::{DetectorKind, tls_of};
 pub const POLL_READINGS_MAX: usize = 10_000;
 /// The most rows (readings, filtered rows and errors together) one poll examines.
 pub const POLL_ROWS_MAX: usize = 100_000;
+/// The longest element (or text or comment between elements) read, in bytes; a SUMO row is
+/// about 1 KB.
+pub const ELEMENT_BYTES_MAX: usize = 1024 * 1024;
 /// The latest interval end accepted, in seconds (about 317 years of simulated time).
 pub const END_S_MAX: f64 = 1e10;
 
@@ -90,6 +93,13 @@ pub enum ParseError {
         /// What is cut off.
         message: String,
     },
+    /// An element is longer than [`ELEMENT_BYTES_MAX`]: not a SUMO detector file. Nothing
+    /// follows.
+    #[error("line {line}: an element is longer than {ELEMENT_BYTES_MAX} bytes")]
+    TooLarge {
+        /// The line reached.
+        line: u64,
+    },
     /// Reading the file failed; nothing follows.
     #[error("line {line}: read failed: {message}")]
     Io {
@@ -108,6 +118,7 @@ impl ParseError {
             | ParseError::Invalid { line, .. }
             | ParseError::Xml { line, .. }
             | ParseError::Truncated { line, .. }
+            | ParseError::TooLarge { line }
             | ParseError::Io { line, .. } => *line,
         }
     }
@@ -119,39 +130,57 @@ impl ParseError {
             ParseError::Invalid { .. } => "invalid_attribute",
             ParseError::Xml { .. } => "malformed_xml",
             ParseError::Truncated { .. } => "truncated",
+            ParseError::TooLarge { .. } => "element_too_large",
             ParseError::Io { .. } => "io",
         }
     }
 }
 
-/// A [`BufRead`] that counts the newlines its user has consumed, so errors can name a line.
+/// A [`BufRead`] that counts the newlines its user has consumed, so errors can name a line,
+/// and refuses to feed one element past [`ELEMENT_BYTES_MAX`], so a file without `>` cannot
+/// make the XML reader buffer all of it.
 #[derive(Debug)]
 struct LineCounter<R> {
     inner: R,
     newlines: u64,
+    /// Bytes consumed since the parser last started reading an event.
+    since_event: usize,
 }
 
 impl<R: BufRead> Read for LineCounter<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.newlines += count_newlines(&buf[..n]);
+        self.since_event += n;
         Ok(n)
     }
 }
 
 impl<R: BufRead> BufRead for LineCounter<R> {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.since_event > ELEMENT_BYTES_MAX {
+            return Err(io::Error::other(TooLarge));
+        }
         self.inner.fill_buf()
     }
 
     fn consume(&mut self, amt: usize) {
+        if amt == 0 {
+            return;
+        }
         // The buffer is already filled (the caller just saw it), so this does no I/O.
         if let Ok(buf) = self.inner.fill_buf() {
             self.newlines += count_newlines(&buf[..amt.min(buf.len())]);
         }
+        self.since_event += amt;
         self.inner.consume(amt);
     }
 }
+
+/// The I/O error [`LineCounter`] raises for an element over [`ELEMENT_BYTES_MAX`].
+#[derive(Debug, thiserror::Error)]
+#[error("an element is longer than {ELEMENT_BYTES_MAX} bytes")]
+struct TooLarge;
 
 fn count_newlines(bytes: &[u8]) -> u64 {
     bytes.iter().filter(|&&b| b == b'\n').count() as u64
@@ -202,6 +231,7 @@ impl<R: BufRead> DetectorParser<R> {
         let mut reader = quick_xml::Reader::from_reader(LineCounter {
             inner: input,
             newlines: 0,
+            since_event: 0,
         });
         reader.config_mut().trim_text(true);
         Self {
@@ -231,6 +261,7 @@ impl<R: BufRead> Iterator for DetectorParser<R> {
     fn next(&mut self) -> Option<Self::Item> {
         while !self.done {
             self.buf.clear();
+            self.reader.get_mut().since_event = 0;
             let event = self.reader.read_event_into(&mut self.buf);
             let line = self.reader.get_ref().newlines + 1;
             match event {
@@ -258,6 +289,9 @@ impl<R: BufRead> Iterator for DetectorParser<R> {
                 Ok(_) => {}
                 Err(quick_xml::Error::Io(e)) => {
                     self.done = true;
+                    if e.get_ref().is_some_and(|inner| inner.is::<TooLarge>()) {
+                        return Some(Err(ParseError::TooLarge { line }));
+                    }
                     return Some(Err(ParseError::Io {
                         line,
                         message: e.to_string(),
@@ -630,25 +664,34 @@ impl ReplaySource {
         best.map(|(i, _)| i)
     }
 
+    /// Whether every feed has its next reading or has ended, so the earliest is known.
+    fn all_ready(&self) -> bool {
+        self.feeds.iter().all(|f| f.next.is_some() || f.ended)
+    }
+
     /// Every reading due at real time `now_ms` (see the module docs), with the errors met on
     /// the way; at most [`POLL_READINGS_MAX`] readings and [`POLL_ROWS_MAX`] rows examined.
     pub fn poll(&mut self, now_ms: i64) -> Polled {
+        self.poll_bounded(now_ms, POLL_READINGS_MAX, POLL_ROWS_MAX)
+    }
+
+    fn poll_bounded(&mut self, now_ms: i64, readings_max: usize, rows_max: usize) -> Polled {
         let mut out = Polled::default();
-        let mut budget = POLL_ROWS_MAX;
-        loop {
+        let mut budget = rows_max;
+        while out.readings.len() < readings_max {
             self.fill(&mut out.errors, &mut budget);
+            // A feed still reading ahead (the row budget ran out) may hold an earlier row.
+            if !self.all_ready() {
+                break;
+            }
             let Some(i) = self.earliest() else { break };
             let ts = self.feeds[i].next.as_ref().map_or(0, |r| r.ts_ms);
             let (_, ts0) = *self.anchor.get_or_insert((now_ms, ts));
-            let due_until = self.replay_now_ms(now_ms).unwrap_or(ts0);
-            if ts > due_until || out.readings.len() >= POLL_READINGS_MAX {
+            if ts > self.replay_now_ms(now_ms).unwrap_or(ts0) {
                 break;
             }
             if let Some(r) = self.feeds[i].next.take() {
                 out.readings.push(r);
-            }
-            if budget == 0 {
-                break;
             }
         }
         out
@@ -668,7 +711,7 @@ impl Iterator for ReplaySource {
             if let Some(e) = errors.pop() {
                 return Some(Err(e));
             }
-            if self.feeds.iter().all(|f| f.next.is_some() || f.ended) {
+            if self.all_ready() {
                 let i = self.earliest()?;
                 return self.feeds[i].next.take().map(Ok);
             }
@@ -815,6 +858,19 @@ mod tests {
     }
 
     #[test]
+    fn an_endless_element_is_refused_without_buffering_the_file() {
+        let mut text = String::from("<detector>\n<interval id=\"");
+        text.push_str(&"x".repeat(ELEMENT_BYTES_MAX + 100_000));
+        let input = std::io::BufReader::new(text.as_bytes());
+        let rows: Vec<_> = DetectorParser::new(input, DetectorKind::E1, 0).collect();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            rows[0].as_ref().map_err(|e| e.kind()),
+            Err("element_too_large")
+        );
+    }
+
+    #[test]
     fn replay_merges_the_files_in_time_order_and_filters_by_light() {
         let cfg = ReplayConfig {
             base_epoch_ms: 0,
@@ -868,6 +924,38 @@ mod tests {
             ),
             Err(ReplayOpenError::Speed(_))
         ));
+    }
+
+    #[test]
+    fn a_poll_out_of_row_budget_waits_rather_than_break_time_order() {
+        // E1's rows are all filtered out but one late row; E2's first row is early.
+        let mut e1 = String::from("<detector>\n");
+        for _ in 0..5 {
+            e1.push_str("<interval end=\"1\" id=\"e1_Z9_a_0\" nVehContrib=\"0\" occupancy=\"0\" speed=\"-1\"/>\n");
+        }
+        e1.push_str("<interval end=\"9\" id=\"e1_A1_a_0\" nVehContrib=\"0\" occupancy=\"0\" speed=\"-1\"/>\n</detector>\n");
+        let cfg = ReplayConfig {
+            tls: ["A1".to_string()].into(),
+            speed: 1000.0,
+            ..ReplayConfig::default()
+        };
+        let mut src = ReplaySource::new(
+            Some(Box::new(std::io::Cursor::new(e1.into_bytes()))),
+            input(E2),
+            cfg,
+        )
+        .expect("valid");
+        let mut got = Vec::new();
+        for t in 0..10 {
+            got.extend(src.poll_bounded(t * 1_000, 100, 2).readings);
+        }
+        let ts: Vec<i64> = got.iter().map(|r| r.ts_ms).collect();
+        assert_eq!(ts, vec![5_000, 9_000, 10_000]);
+        assert_eq!(src.filtered(), 5);
+        // At most the readings asked for.
+        let mut src =
+            ReplaySource::new(input(E1), input(E2), ReplayConfig::default()).expect("valid");
+        assert_eq!(src.poll_bounded(i64::MAX / 4, 2, 100).readings.len(), 2);
     }
 
     #[test]

@@ -304,8 +304,7 @@ impl TraciSource {
         let mut client = loop {
             match TraciClient::connect(cfg.addr, timeout, cfg.message_bytes_max).await {
                 Ok(c) => break c,
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    let _ = e;
+                Err(_) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(e) => return Err(e),
@@ -374,6 +373,10 @@ impl TraciSource {
     /// Steps the simulation until the current interval ends and returns its readings, one per
     /// detector. When SUMO expects no more vehicles it returns the last (possibly partial)
     /// interval, closes the connection, and from then on returns `None`.
+    ///
+    /// Not cancel-safe: a call dropped half-way leaves the connection in the middle of an
+    /// exchange, so a source whose call was cancelled (e.g. by a `select!` timeout) must be
+    /// dropped, like one that returned an error.
     ///
     /// # Errors
     ///
