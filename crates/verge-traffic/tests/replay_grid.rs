@@ -86,3 +86,41 @@ fn the_grids_detector_files_replay_row_for_row_and_validate() {
     .expect("a valid window config");
     println!("replayed {total} rows in {:?}", t0.elapsed());
 }
+
+/// The full-size files (`--freq 1`: 79,128 rows each, the E2 file about 50 MB) stream through
+/// in constant memory. Ignored by default (it takes a few seconds in a debug build):
+/// `cargo test -p verge-traffic --test replay_grid -- --ignored --nocapture`.
+#[test]
+#[ignore = "a few seconds of parsing; run by hand for throughput"]
+fn full_size_files_stream_through() {
+    if !common::sumo_available("full_size_files_stream_through") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    common::make_grid(dir.path(), &["--freq", "1"]);
+    let out = dir.path().join("out");
+    let bytes = std::fs::metadata(out.join("e2.xml")).expect("e2").len()
+        + std::fs::metadata(out.join("e1.xml")).expect("e1").len();
+    let t0 = Instant::now();
+    let src = ReplaySource::open(
+        Some(&out.join("e1.xml")),
+        Some(&out.join("e2.xml")),
+        ReplayConfig::default(),
+    )
+    .expect("opens");
+    let mut n = 0usize;
+    for r in src {
+        r.expect("valid row");
+        n += 1;
+    }
+    let s = t0.elapsed().as_secs_f64();
+    assert_eq!(
+        n,
+        common::grep_c_interval(&out.join("e1.xml")) + common::grep_c_interval(&out.join("e2.xml"))
+    );
+    println!(
+        "{n} rows, {:.1} MB in {s:.2} s ({:.1} MB/s)",
+        bytes as f64 / 1e6,
+        bytes as f64 / 1e6 / s
+    );
+}
