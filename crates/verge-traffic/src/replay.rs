@@ -322,6 +322,66 @@ impl<R: BufRead> Iterator for DetectorParser<R> {
     }
 }
 
+/// The detectors an additional file declares (SUMO's `detectors.add.xml`): every
+/// `<inductionLoop>` (E1) and `<laneAreaDetector>` / `<e2Detector>` (E2) with its `id`, in file
+/// order. This is the expected set a replaying node gives its [`crate::Validator`] (filtered by
+/// [`crate::detector::belongs_to`]) and the input of [`crate::detector::approaches_for`].
+///
+/// # Errors
+///
+/// The first [`ParseError`]: malformed markup, a detector without an `id`, a read failure.
+pub fn declared_detectors<R: BufRead>(input: R) -> Result<Vec<(String, DetectorKind)>, ParseError> {
+    let mut reader = quick_xml::Reader::from_reader(LineCounter {
+        inner: input,
+        newlines: 0,
+        since_event: 0,
+    });
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    loop {
+        buf.clear();
+        reader.get_mut().since_event = 0;
+        let event = reader.read_event_into(&mut buf);
+        let line = reader.get_ref().newlines + 1;
+        let e = match event {
+            Ok(Event::Start(e) | Event::Empty(e)) => e,
+            Ok(Event::Eof) => return Ok(out),
+            Ok(_) => continue,
+            Err(quick_xml::Error::Syntax(e)) => {
+                return Err(ParseError::Truncated {
+                    line,
+                    message: e.to_string(),
+                });
+            }
+            Err(e) => {
+                return Err(ParseError::Xml {
+                    line,
+                    message: e.to_string(),
+                });
+            }
+        };
+        let kind = match e.name().as_ref() {
+            "inductionLoop" => DetectorKind::E1,
+            "laneAreaDetector" | "e2Detector" => DetectorKind::E2,
+            _ => continue,
+        };
+        let id = e
+            .try_get_attribute("id")
+            .map_err(|err| ParseError::Xml {
+                line,
+                message: err.to_string(),
+            })?
+            .ok_or(ParseError::Missing { line, attr: "id" })?;
+        let id = id
+            .normalized_value(XmlVersion::Implicit1_0)
+            .map_err(|err| ParseError::Xml {
+                line,
+                message: err.to_string(),
+            })?;
+        out.push((id.into_owned(), kind));
+    }
+}
+
 /// An attribute value parsed as a number.
 fn number(line: u64, attr: &'static str, raw: &str) -> Result<f64, ParseError> {
     raw.trim().parse::<f64>().map_err(|_| ParseError::Invalid {
@@ -924,6 +984,30 @@ mod tests {
             ),
             Err(ReplayOpenError::Speed(_))
         ));
+    }
+
+    #[test]
+    fn an_additional_file_declares_the_detectors() {
+        let add = r#"<additional>
+    <inductionLoop id="e1_A0_A1A0_0" lane="A1A0_0" pos="195.00" period="5" file="out/e1.xml"/>
+    <laneAreaDetector id="e2_A0_A1A0_0" lane="A1A0_0" pos="120.00" length="80.00" period="5" file="out/e2.xml"/>
+    <timedEvent type="SaveTLSSwitchStates" source="A0" dest="out/tls_states.xml"/>
+</additional>
+"#;
+        assert_eq!(
+            declared_detectors(add.as_bytes()),
+            Ok(vec![
+                ("e1_A0_A1A0_0".to_string(), DetectorKind::E1),
+                ("e2_A0_A1A0_0".to_string(), DetectorKind::E2),
+            ])
+        );
+        assert_eq!(
+            declared_detectors("<additional>\n<inductionLoop lane=\"x\"/>".as_bytes()),
+            Err(ParseError::Missing {
+                line: 2,
+                attr: "id"
+            })
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use verge_traffic::Validator;
 use verge_traffic::detector::{DetectorKind, approaches_for, tls_of};
-use verge_traffic::replay::{DetectorParser, ReplayConfig, ReplaySource};
+use verge_traffic::replay::{DetectorParser, ReplayConfig, ReplaySource, declared_detectors};
 use verge_traffic::window::WindowConfig;
 
 #[test]
@@ -21,8 +21,14 @@ fn the_grids_detector_files_replay_row_for_row_and_validate() {
     let t0 = Instant::now();
     let dir = tempfile::tempdir().expect("tempdir");
     common::make_grid(dir.path(), &["--freq", "5"]);
-    let declared = common::declared_detectors(dir.path());
+    let add = BufReader::new(File::open(dir.path().join("detectors.add.xml")).expect("add"));
+    let declared: Vec<String> = declared_detectors(add)
+        .expect("a valid additional file")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     assert_eq!(declared.len(), 144, "72 E1 and 72 E2 detectors");
+    assert_eq!(declared, common::declared_detectors(dir.path()));
 
     let mut per_file = BTreeMap::new();
     for (kind, name) in [(DetectorKind::E1, "e1.xml"), (DetectorKind::E2, "e2.xml")] {

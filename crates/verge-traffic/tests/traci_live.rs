@@ -30,6 +30,7 @@ async fn drive(
     cfg.io_timeout_ms = 20_000;
     let mut src = TraciSource::connect(cfg).await?;
     let detectors = src.detectors().to_vec();
+    assert_eq!(src.approaches().len(), 4, "{tls}: four incoming edges");
     let mut readings = Vec::new();
     for _ in 0..SIM_SECONDS {
         match src.next_interval().await? {

@@ -1,14 +1,14 @@
 //! The TraCI source of one intersection and the pure accumulator behind it. The rules of a
 //! reading are in the [module docs](super).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::client::{DetectorSample, ReadPlan, StepSample, TraciClient};
 use super::codec::{self, API_VERSION, EncodeError, ResponseError, id};
 use crate::Reading;
-use crate::detector::{DetectorKind, belongs_to};
+use crate::detector::{DetectorKind, approaches_for, belongs_to};
 
 /// Why the TraCI source stopped. [`SourceError::is_retryable`] tells the node whether to retry
 /// (with backoff) or give up.
@@ -358,6 +358,15 @@ impl TraciSource {
     /// The detectors read, with their kind: E1 then E2, each sorted.
     pub fn detectors(&self) -> &[(String, DetectorKind)] {
         self.plan.detectors()
+    }
+
+    /// The intersection's approaches (incoming edge to detectors), for
+    /// [`crate::window::WindowConfig::approaches`].
+    pub fn approaches(&self) -> BTreeMap<String, Vec<String>> {
+        approaches_for(
+            &self.tls,
+            self.plan.detectors().iter().map(|(d, _)| d.as_str()),
+        )
     }
 
     /// The simulation time after the last step, in milliseconds.
