@@ -121,7 +121,8 @@ pub struct TraciConfig {
     /// Readings are stamped `base_epoch_ms + simulation time`.
     pub base_epoch_ms: i64,
     /// The longest wait for one answer, in milliseconds. In lockstep a step is answered when
-    /// every client has asked for it, so this must cover the slowest client. Default 30 s.
+    /// every client has asked for it, and at start SUMO answers past setOrder only once every
+    /// client has connected, so this must cover the slowest client. Default 30 s.
     pub io_timeout_ms: u64,
     /// How long [`TraciSource::connect`] keeps retrying a refused connection (SUMO still
     /// loading), in milliseconds; 0 tries once. Default 0: the node's backoff decides.
