@@ -527,6 +527,132 @@ mod tests {
         }
     }
 
+    /// A fake TraCI server: answers each request message with the next of `answers` (raw
+    /// bytes, header included), then closes.
+    async fn fake_sumo(answers: Vec<Vec<u8>>) -> SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            for answer in answers {
+                let mut header = [0u8; 4];
+                if s.read_exact(&mut header).await.is_err() {
+                    return;
+                }
+                let len = u32::from_be_bytes(header) as usize - 4;
+                let mut body = vec![0u8; len];
+                if s.read_exact(&mut body).await.is_err() {
+                    return;
+                }
+                if s.write_all(&answer).await.is_err() {
+                    return;
+                }
+            }
+        });
+        addr
+    }
+
+    fn status(command: u8, result: u8, description: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        codec::Status {
+            command,
+            result,
+            description: description.into(),
+        }
+        .encode(&mut out)
+        .expect("encodes");
+        out
+    }
+
+    fn version(api: i32) -> Vec<u8> {
+        let mut body = status(id::CMD_GETVERSION, 0, "");
+        let mut content = api.to_be_bytes().to_vec();
+        codec::put_string(&mut content, "SUMO 1.15.0").expect("latin1");
+        codec::encode_command(&mut body, id::CMD_GETVERSION, &content).expect("encodes");
+        codec::frame(&body).expect("frames")
+    }
+
+    fn cfg(addr: SocketAddr) -> TraciConfig {
+        let mut c = TraciConfig::new(addr, "B1", 1);
+        c.io_timeout_ms = 5_000;
+        c
+    }
+
+    #[tokio::test]
+    async fn a_server_that_is_not_sumo_20_is_a_typed_error() {
+        let addr = fake_sumo(vec![version(19)]).await;
+        let e = TraciSource::connect(cfg(addr)).await.expect_err("old API");
+        assert_eq!(e.kind(), "version");
+        assert!(e.to_string().contains("API 19"), "{e}");
+
+        // A refused setOrder.
+        let refused =
+            codec::frame(&status(id::CMD_SETORDER, id::RTYPE_ERR, "order taken")).expect("frames");
+        let addr = fake_sumo(vec![version(API_VERSION), refused]).await;
+        let e = TraciSource::connect(cfg(addr)).await.expect_err("refused");
+        assert_eq!(e.kind(), "refused");
+        assert!(e.to_string().contains("order taken"), "{e}");
+        assert!(!e.is_retryable());
+
+        // Garbage, and a header announcing more than the limit.
+        let addr = fake_sumo(vec![vec![0, 0, 0, 7, 1, 2, 3]]).await;
+        let e = TraciSource::connect(cfg(addr)).await.expect_err("garbage");
+        assert_eq!(e.kind(), "protocol", "{e}");
+        let addr = fake_sumo(vec![vec![0x7f, 0, 0, 0]]).await;
+        let e = TraciSource::connect(cfg(addr))
+            .await
+            .expect_err("too large");
+        assert!(e.to_string().contains("exceeds the maximum"), "{e}");
+
+        // SUMO closes after the version: lost mid-run, retryable.
+        let addr = fake_sumo(vec![version(API_VERSION)]).await;
+        let e = TraciSource::connect(cfg(addr)).await.expect_err("closed");
+        assert_eq!(e.kind(), "disconnected", "{e}");
+        assert!(e.is_retryable());
+
+        // No detectors for the light.
+        let mut ok = status(id::CMD_SETORDER, 0, "");
+        ok = codec::frame(&std::mem::take(&mut ok)).expect("frames");
+        let list = |domain: u8, ids: Vec<String>| {
+            let mut body = status(domain, 0, "");
+            let mut content = vec![id::TRACI_ID_LIST];
+            codec::put_string(&mut content, "").expect("latin1");
+            codec::Value::StringList(ids)
+                .encode(&mut content)
+                .expect("encodes");
+            codec::encode_command(&mut body, domain + 0x10, &content).expect("encodes");
+            codec::frame(&body).expect("frames")
+        };
+        let addr = fake_sumo(vec![
+            version(API_VERSION),
+            ok,
+            list(0xA0, vec!["e1_A1_A0A1_0".into()]),
+            list(0xAD, vec![]),
+        ])
+        .await;
+        let e = TraciSource::connect(cfg(addr)).await.expect_err("none");
+        assert_eq!(e.kind(), "no_detectors", "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut c = cfg(addr);
+        c.io_timeout_ms = 200;
+        let e = TraciSource::connect(c).await.expect_err("silent");
+        assert_eq!(e.kind(), "timeout", "{e}");
+        assert!(e.is_retryable());
+        drop(listener);
+    }
+
     #[test]
     fn errors_say_whether_to_retry() {
         let addr: SocketAddr = "127.0.0.1:1".parse().expect("addr");
