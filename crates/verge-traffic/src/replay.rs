@@ -565,11 +565,12 @@ pub struct Polled {
     pub errors: Vec<ReplayError>,
 }
 
-type Input = Box<dyn BufRead + Send>;
+/// The contents of one detector file, as [`ReplaySource::new`] takes them.
+pub type ReplayInput = Box<dyn BufRead + Send>;
 
 /// One file of a replay with its next reading, read ahead by one.
 struct Feed {
-    parser: DetectorParser<Input>,
+    parser: DetectorParser<ReplayInput>,
     next: Option<Reading>,
     ended: bool,
 }
@@ -604,14 +605,14 @@ impl ReplaySource {
     ///
     /// [`ReplayOpenError::Speed`] if `cfg.speed` is not a finite number above 0.
     pub fn new(
-        e1: Option<Input>,
-        e2: Option<Input>,
+        e1: Option<ReplayInput>,
+        e2: Option<ReplayInput>,
         cfg: ReplayConfig,
     ) -> Result<Self, ReplayOpenError> {
         if !(cfg.speed.is_finite() && cfg.speed > 0.0) {
             return Err(ReplayOpenError::Speed(cfg.speed));
         }
-        let feed = |input: Input, kind| Feed {
+        let feed = |input: ReplayInput, kind| Feed {
             parser: DetectorParser::new(input, kind, cfg.base_epoch_ms),
             next: None,
             ended: false,
@@ -642,10 +643,10 @@ impl ReplaySource {
         e2: Option<&Path>,
         cfg: ReplayConfig,
     ) -> Result<Self, ReplayOpenError> {
-        let open = |p: Option<&Path>| -> Result<Option<Input>, ReplayOpenError> {
+        let open = |p: Option<&Path>| -> Result<Option<ReplayInput>, ReplayOpenError> {
             p.map(|p| {
                 File::open(p)
-                    .map(|f| Box::new(BufReader::with_capacity(64 * 1024, f)) as Input)
+                    .map(|f| Box::new(BufReader::with_capacity(64 * 1024, f)) as ReplayInput)
                     .map_err(|source| ReplayOpenError::Open {
                         path: p.display().to_string(),
                         source,
@@ -810,7 +811,7 @@ mod tests {
         DetectorParser::new(text.as_bytes(), kind, 1_000_000).collect()
     }
 
-    fn input(text: &'static str) -> Option<Input> {
+    fn input(text: &'static str) -> Option<ReplayInput> {
         Some(Box::new(text.as_bytes()))
     }
 

@@ -43,11 +43,17 @@ async fn drive(
     Ok((detectors, readings, sim_ms))
 }
 
-/// nVehContrib per E1 detector of `tls`, summed over intervals ending at or before `until_ms`.
-fn e1_file_counts(path: &std::path::Path, tls: &str, until_ms: i64) -> BTreeMap<String, f64> {
+/// The count (E1 nVehContrib, E2 nVehEntered) per detector of `tls` in a detector file,
+/// summed over intervals ending at or before `until_ms`.
+fn file_counts(
+    path: &std::path::Path,
+    kind: DetectorKind,
+    tls: &str,
+    until_ms: i64,
+) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
-    let input = BufReader::new(File::open(path).expect("e1.xml"));
-    for r in DetectorParser::new(input, DetectorKind::E1, 0) {
+    let input = BufReader::new(File::open(path).expect("detector file"));
+    for r in DetectorParser::new(input, kind, 0) {
         let r = r.expect("valid row");
         if tls_of(&r.sensor) == Some(tls) && r.ts_ms <= until_ms {
             *out.entry(r.sensor).or_insert(0.0) += r.count;
@@ -144,7 +150,12 @@ async fn two_intersections_step_in_lockstep_and_count_what_sumo_counts() {
             .filter(|r| r.sensor.starts_with("e1_"))
             .map(|r| r.count)
             .sum();
-        let sumo_counts = e1_file_counts(&dir.path().join("out/e1.xml"), tls, *sim_ms);
+        let sumo_counts = file_counts(
+            &dir.path().join("out/e1.xml"),
+            DetectorKind::E1,
+            tls,
+            *sim_ms,
+        );
         assert_eq!(sumo_counts.len(), 8, "{tls}: {sumo_counts:?}");
         let theirs: f64 = sumo_counts.values().sum();
         let entered = e1_file_entered(&dir.path().join("out/e1.xml"), tls, *sim_ms);
@@ -166,6 +177,34 @@ async fn two_intersections_step_in_lockstep_and_count_what_sumo_counts() {
         println!(
             "{tls}: {ours} passages over TraCI; SUMO's E1 file: {theirs} left the loops, {} touched them; max queue {queue_max}",
             entered.values().sum::<f64>()
+        );
+        // E2: vehicles entering the area over TraCI against the file's nVehEntered. They agree
+        // to within one per detector (in the runs seen, one detector of sixteen was one short
+        // over TraCI; the cause, probably a lane change in and out between two samples, was
+        // not pinned down).
+        let e2_file = file_counts(
+            &dir.path().join("out/e2.xml"),
+            DetectorKind::E2,
+            tls,
+            *sim_ms,
+        );
+        assert_eq!(e2_file.len(), 8, "{tls}: {e2_file:?}");
+        let mut e2_ours = 0.0;
+        for (det, n) in &e2_file {
+            let mine: f64 = readings
+                .iter()
+                .filter(|r| &r.sensor == det)
+                .map(|r| r.count)
+                .sum();
+            assert!(
+                (mine - n).abs() <= 1.0,
+                "{det}: {mine} over TraCI, {n} in SUMO's E2 file"
+            );
+            e2_ours += mine;
+        }
+        println!(
+            "{tls}: E2 entries {e2_ours} over TraCI, {} in SUMO's E2 file",
+            e2_file.values().sum::<f64>()
         );
         assert!(
             theirs > 5.0,
