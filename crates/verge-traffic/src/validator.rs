@@ -42,7 +42,7 @@ impl Validator {
 
     /// Adds a detector to the expected set (e.g. when a config reload adds one); a detector
     /// already expected keeps its last timestamp.
-    pub fn expect(&mut self, sensor: impl Into<String>) {
+    pub fn add_detector(&mut self, sensor: impl Into<String>) {
         self.last_ts_ms.entry(sensor.into()).or_insert(None);
     }
 
@@ -163,8 +163,8 @@ mod tests {
         bad.queue = -2.0;
         let e = v.check(&bad).expect_err("range");
         assert_eq!(e.to_string(), "sensor a: queue = -2 is outside 0..=10000");
-        v.expect("a");
-        v.expect("b");
+        v.add_detector("a");
+        v.add_detector("b");
         assert_eq!(v.expected().count(), 2);
     }
 }

@@ -21,19 +21,36 @@ pub fn sumo_available(test: &str) -> bool {
     found
 }
 
-/// Runs `simulations/sumo/make_grid.sh` into `dir` with `args`.
+/// Runs `simulations/sumo/make_grid.sh` into `dir` with `args` (about 2 s; killed and failed
+/// after 120 s).
 pub fn make_grid(dir: &Path, args: &[&str]) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../simulations/sumo/make_grid.sh");
-    let out = Command::new("bash")
+    let log = dir.join("make_grid.log");
+    let file = std::fs::File::create(&log).expect("log file");
+    let mut child = Command::new("bash")
         .arg(&script)
         .arg(dir)
         .args(args)
-        .output()
-        .expect("make_grid.sh runs");
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .expect("make_grid.sh starts");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("make_grid.sh status") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("make_grid.sh took more than 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(
-        out.status.success(),
+        status.success(),
         "make_grid.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
 }
 
