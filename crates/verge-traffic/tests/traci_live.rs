@@ -235,6 +235,12 @@ async fn a_source_stops_cleanly_when_the_simulation_ends() {
     cfg.interval_ms = 10_000;
     let run = async {
         let mut src = TraciSource::connect(cfg).await?;
+        // A controlling node sets phases between intervals through the same connection.
+        if let Some(c) = src.client() {
+            c.set_phase("A0", 1).await?;
+            let e = c.set_phase("A0", 99).await.expect_err("no phase 99");
+            assert_eq!(e.kind(), "refused", "{e}");
+        }
         let mut intervals = 0;
         let mut last = None;
         while let Some(r) = src.next_interval().await? {

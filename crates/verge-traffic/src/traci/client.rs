@@ -160,6 +160,23 @@ impl TraciClient {
         }
     }
 
+    /// Sets traffic light `tls` to phase `phase` (0xC2 / 0x22), the command a controlling node
+    /// sends between steps.
+    ///
+    /// # Errors
+    ///
+    /// [`SourceError`] as for [`TraciClient::request`]; SUMO refuses an unknown light or
+    /// phase.
+    pub async fn set_phase(&mut self, tls: &str, phase: i32) -> Result<(), SourceError> {
+        let req = Request::Set {
+            domain: id::CMD_SET_TL_VARIABLE,
+            var: id::TL_PHASE_INDEX,
+            object: tls.to_owned(),
+            value: Value::Int(phase),
+        };
+        self.request("setting a phase", &[req]).await.map(drop)
+    }
+
     /// Reads every detector of `plan` and the simulation's time and expected vehicles, in one
     /// message.
     ///

@@ -375,6 +375,12 @@ impl TraciSource {
         self.sim_ms
     }
 
+    /// The connection, for commands between intervals (e.g. [`TraciClient::set_phase`]);
+    /// `None` once the simulation has ended. Do not step through it: the source counts steps.
+    pub fn client(&mut self) -> Option<&mut TraciClient> {
+        self.client.as_mut()
+    }
+
     /// Whether the simulation has ended (and the connection is closed).
     pub fn is_finished(&self) -> bool {
         self.client.is_none()
