@@ -1,4 +1,9 @@
 //! One detector reading and its validation.
+//!
+//! [`Reading::validate`] checks one reading on its own (finite values within physical bounds);
+//! [`Validator`](crate::Validator) adds what needs memory: which detectors exist and each one's
+//! last timestamp. Every [`ReadingError`] names the detector, the field and the value, and has a
+//! stable [`ReadingError::kind`] for metrics.
 
 use verge_proto::Record;
 
@@ -31,12 +36,14 @@ pub struct Reading {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ReadingError {
     /// A value is NaN or infinite.
-    #[error("sensor {sensor}: {field} is not a finite number")]
+    #[error("sensor {sensor}: {field} = {value} is not a finite number")]
     NotFinite {
         /// The detector.
         sensor: String,
         /// The field.
         field: &'static str,
+        /// The value (NaN or an infinity).
+        value: f64,
     },
     /// A value is outside what a detector can report.
     #[error("sensor {sensor}: {field} = {value} is outside 0..={max}")]
@@ -50,6 +57,26 @@ pub enum ReadingError {
         /// The upper bound.
         max: f64,
     },
+    /// The detector is not one this source is expected to report (a wrong config, or a file of
+    /// another intersection).
+    #[error("sensor {sensor}: sensor = `{sensor}` is not one of the {expected} expected detectors")]
+    UnknownDetector {
+        /// The detector.
+        sensor: String,
+        /// How many detectors are expected.
+        expected: usize,
+    },
+    /// The reading is not later than the detector's last accepted reading: time went backwards
+    /// or the reading is a repeat.
+    #[error("sensor {sensor}: ts_ms = {ts_ms} is not after the last accepted ts_ms = {last_ts_ms}")]
+    TimeBackwards {
+        /// The detector.
+        sensor: String,
+        /// The reading's time.
+        ts_ms: i64,
+        /// The time of the detector's last accepted reading.
+        last_ts_ms: i64,
+    },
 }
 
 impl ReadingError {
@@ -58,6 +85,8 @@ impl ReadingError {
         match self {
             ReadingError::NotFinite { .. } => "not_finite",
             ReadingError::OutOfRange { .. } => "out_of_range",
+            ReadingError::UnknownDetector { .. } => "unknown_detector",
+            ReadingError::TimeBackwards { .. } => "time_backwards",
         }
     }
 }
@@ -75,6 +104,7 @@ impl Reading {
                 return Err(ReadingError::NotFinite {
                     sensor: self.sensor.clone(),
                     field,
+                    value,
                 });
             }
             if !(0.0..=max).contains(&value) {
