@@ -232,6 +232,8 @@ struct Shared {
     control: Option<verge_control::Control>,
     /// The gateway task's view of the cloud sync.
     board: crate::gateway::SyncBoard,
+    /// The sensor source's status.
+    sensors: crate::sensing::SensorBoard,
     /// The node's configuration, for the gateway view.
     cfg: NodeConfig,
 }
@@ -269,6 +271,8 @@ pub struct Wiring {
     pub control: Option<verge_control::Control>,
     /// The gateway task's view of the cloud sync.
     pub board: crate::gateway::SyncBoard,
+    /// The sensor source's status.
+    pub sensors: crate::sensing::SensorBoard,
 }
 
 impl NetworkActor {
@@ -287,6 +291,7 @@ impl NetworkActor {
             links,
             control,
             board,
+            sensors,
         } = wiring;
         let heartbeat = Duration::from_millis(cfg.membership.heartbeat_ms);
         let shared = Shared {
@@ -303,6 +308,7 @@ impl NetworkActor {
             links,
             control,
             board,
+            sensors,
             cfg: cfg.clone(),
         };
         Self {
@@ -543,6 +549,7 @@ async fn answer_admin(s: &Shared, req: AdminRequest) -> AdminResponse {
                 peers_alive: alive,
                 peers_suspect: suspect,
                 peers_down: down,
+                sensor: s.sensors.get(),
             }),
             Err(e) => unavailable(e),
         },
@@ -704,7 +711,9 @@ async fn ingest(s: &Shared, readings: Vec<verge_proto::admin::IngestReading>) ->
                 rejected,
             }
         }
-        Ok(Err(message)) => AdminResponse::Error { message },
+        Ok(Err(e)) => AdminResponse::Error {
+            message: e.to_string(),
+        },
         Err(e) => AdminResponse::Error {
             message: format!("the store is unavailable: {e}"),
         },

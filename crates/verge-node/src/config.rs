@@ -265,13 +265,72 @@ impl Default for StoreSection {
     }
 }
 
-/// Sensor sources.
+/// The node's sensor source: at most one of the three.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SensorsSection {
     /// A synthetic source (for load and benchmarks).
     pub synthetic: Option<verge_traffic::SyntheticConfig>,
+    /// SUMO detector output files replayed at real time or faster.
+    pub replay: Option<ReplaySection>,
+    /// A running SUMO read live over TraCI.
+    pub traci: Option<TraciSection>,
 }
+
+/// `[sensors.replay]`: SUMO's E1/E2 output files of a finished run, replayed in time order.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaySection {
+    /// SUMO's additional file that declares the detectors (`detectors.add.xml`): a row of a
+    /// detector it does not declare for this node's lights is refused as unknown.
+    pub detectors: PathBuf,
+    /// The E1 (induction loop) output file.
+    pub e1: Option<PathBuf>,
+    /// The E2 (lane-area detector) output file.
+    pub e2: Option<PathBuf>,
+    /// The traffic lights whose detectors this node reads (ids `e1_<tls>_<lane>`).
+    pub tls: Vec<String>,
+    /// Replay speed: 1 is real time, 10 ten times faster. Default 1.
+    #[serde(default = "speed_default")]
+    pub speed: f64,
+}
+
+/// `[sensors.traci]`: a running SUMO (started with `--remote-port` and `--num-clients`), read
+/// over TraCI; this node steps the simulation with the other clients and reads its own
+/// intersection's detectors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraciSection {
+    /// SUMO's TraCI address, e.g. `127.0.0.1:8813`.
+    pub addr: SocketAddr,
+    /// The traffic light whose detectors this node reads.
+    pub tls: String,
+    /// This client's place in SUMO's order of clients (`setOrder`); distinct per node. Default 1.
+    #[serde(default = "order_default")]
+    pub order: i32,
+    /// Simulated time one reading covers, in milliseconds. Default 1000.
+    #[serde(default = "interval_default")]
+    pub interval_ms: u64,
+    /// Simulated seconds per wall-clock second: 1 paces SUMO to real time. Default 1.
+    #[serde(default = "speed_default")]
+    pub speed: f64,
+    /// SUMO's additional file declaring the detectors, for the aggregation approaches before
+    /// the first connection; without it the detectors come from SUMO once connected.
+    pub detectors: Option<PathBuf>,
+}
+
+fn speed_default() -> f64 {
+    1.0
+}
+fn order_default() -> i32 {
+    1
+}
+fn interval_default() -> u64 {
+    1_000
+}
+
+/// The fastest replay or TraCI pace.
+pub const SENSOR_SPEED_MAX: f64 = 100_000.0;
 
 /// Fault injection. Off unless a test or simulation turns it on: a node in a real cabinet must not
 /// let an admin certificate partition it by accident.
@@ -439,6 +498,14 @@ impl NodeConfig {
                 paths.push(t);
             }
         }
+        if let Some(replay) = &mut cfg.sensors.replay {
+            paths.push(&mut replay.detectors);
+            paths.extend(replay.e1.as_mut());
+            paths.extend(replay.e2.as_mut());
+        }
+        if let Some(traci) = &mut cfg.sensors.traci {
+            paths.extend(traci.detectors.as_mut());
+        }
         for p in paths {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -531,6 +598,58 @@ impl NodeConfig {
                 "store.retention_interval_ms".into(),
                 "must be above 0".into(),
             ));
+        }
+        let sources = [
+            self.sensors.synthetic.is_some(),
+            self.sensors.replay.is_some(),
+            self.sensors.traci.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() > 1 {
+            return Err(invalid(
+                "sensors".into(),
+                "configure one source: synthetic, replay or traci".into(),
+            ));
+        }
+        let speed_ok = |v: f64| v.is_finite() && v > 0.0 && v <= SENSOR_SPEED_MAX;
+        if let Some(replay) = &self.sensors.replay {
+            if replay.e1.is_none() && replay.e2.is_none() {
+                return Err(invalid(
+                    "sensors.replay".into(),
+                    "name at least one of e1 and e2".into(),
+                ));
+            }
+            if replay.tls.is_empty() || replay.tls.iter().any(|t| t.trim().is_empty()) {
+                return Err(invalid(
+                    "sensors.replay.tls".into(),
+                    "list the traffic lights whose detectors this node reads".into(),
+                ));
+            }
+            if !speed_ok(replay.speed) {
+                return Err(invalid(
+                    "sensors.replay.speed".into(),
+                    format!("must be above 0 and at most {SENSOR_SPEED_MAX}"),
+                ));
+            }
+        }
+        if let Some(traci) = &self.sensors.traci {
+            if traci.tls.trim().is_empty() {
+                return Err(invalid(
+                    "sensors.traci.tls".into(),
+                    "must not be empty".into(),
+                ));
+            }
+            if !(100..=60_000).contains(&traci.interval_ms) {
+                return Err(invalid(
+                    "sensors.traci.interval_ms".into(),
+                    "must be between 100 and 60000".into(),
+                ));
+            }
+            if !speed_ok(traci.speed) {
+                return Err(invalid(
+                    "sensors.traci.speed".into(),
+                    format!("must be above 0 and at most {SENSOR_SPEED_MAX}"),
+                ));
+            }
         }
         if let Some(syn) = &self.sensors.synthetic
             && !(syn.rate_per_s.is_finite() && syn.rate_per_s >= 0.0 && syn.rate_per_s <= 1e7)

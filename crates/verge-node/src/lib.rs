@@ -13,6 +13,7 @@ mod http;
 pub mod links;
 pub mod membership;
 pub mod metrics;
+pub mod sensing;
 pub mod storage;
 
 use std::time::{Duration, Instant};
@@ -126,28 +127,39 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
     // The store blocks on fsync, so it gets a thread of its own.
     let store_arbiter = actix::Arbiter::new();
     let (outboxes, outbox_rx) = storage::outboxes(cfg.peers.iter().map(|p| &p.id));
+    let clock = storage::EventClock::default();
     let store = {
-        let (me, scfg, rcfg, m, windows) = (
+        let (me, scfg, rcfg, m, mut windows, clock) = (
             cfg.id.clone(),
             cfg.store.clone(),
             cfg.replication.clone(),
             metrics.clone(),
             cfg.aggregation.clone(),
+            clock.clone(),
         );
+        if windows.approaches.is_empty()
+            && let Some(approaches) = sensing::sumo_approaches(&cfg.sensors)
+        {
+            windows.approaches = approaches;
+        }
         storage::StoreActor::start_in_arbiter(&store_arbiter.handle(), move |_| {
-            storage::StoreActor::new(store, me, scfg, rcfg, m, outboxes).with_windows(windows)
+            storage::StoreActor::new(store, me, scfg, rcfg, m, outboxes)
+                .with_windows(windows)
+                .with_clock(clock)
         })
     };
     membership.do_send(actors::WatchLiveness {
         to: store.clone().recipient(),
     });
-    if let Some(syn) = cfg.sensors.synthetic.clone() {
-        storage::SensorActor::new(
-            verge_traffic::SyntheticSource::new(syn),
-            store.clone(),
-            metrics.clone(),
-        )
-        .start();
+    let sensors = sensing::SensorBoard::default();
+    if let Some(sensor) = sensing::SensorActor::from_config(
+        &cfg.sensors,
+        store.clone(),
+        metrics.clone(),
+        sensors.clone(),
+        clock,
+    ) {
+        sensor.start();
     }
     let links = links::PeerLinks::new(cfg.peers.iter().map(|p| &p.id), cfg.net.frame_bytes_max);
     let control = gateway::start_control(&cfg, &links).await?;
@@ -172,6 +184,7 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
             links,
             control: control.clone(),
             board,
+            sensors,
         },
         metrics.clone(),
         actors::NodeInfo {

@@ -16,6 +16,12 @@ struct KindLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceKindLabel {
+    source: String,
+    kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: String,
 }
@@ -51,6 +57,7 @@ pub struct Metrics {
     admin_requests: Counter,
     readings_stored: Counter,
     readings_rejected: Family<KindLabel, Counter>,
+    sensor_failures: Family<SourceKindLabel, Counter>,
     store_flushes: Family<StateLabel, Counter>,
     retention_dropped: Family<RetentionLabel, Counter>,
     repl_sent: Family<PeerLabel, Counter>,
@@ -86,6 +93,7 @@ impl Metrics {
         let admin_requests = Counter::default();
         let readings_stored = Counter::default();
         let readings_rejected = Family::<KindLabel, Counter>::default();
+        let sensor_failures = Family::<SourceKindLabel, Counter>::default();
         let store_flushes = Family::<StateLabel, Counter>::default();
         let retention_dropped = Family::<RetentionLabel, Counter>::default();
         let repl_sent = Family::<PeerLabel, Counter>::default();
@@ -149,8 +157,13 @@ impl Metrics {
         );
         registry.register(
             "readings_rejected",
-            "Readings refused, by reason (not_finite, out_of_range, sensor_id, columns, busy, store)",
+            "Readings refused, by reason (not_finite, out_of_range, unknown_detector, time_backwards, a replayed file's malformed rows by parse error, sensor_id, columns, busy, store)",
             readings_rejected.clone(),
+        );
+        registry.register(
+            "sensor_failures",
+            "Sensor source failures, retried with backoff, by source and kind (open, connect, disconnected, ...)",
+            sensor_failures.clone(),
         );
         registry.register(
             "store_flushes",
@@ -211,6 +224,7 @@ impl Metrics {
             admin_requests,
             readings_stored,
             readings_rejected,
+            sensor_failures,
             store_flushes,
             retention_dropped,
             repl_sent,
@@ -306,6 +320,16 @@ impl Metrics {
         self.readings_rejected
             .get_or_create(&KindLabel { kind: kind.into() })
             .inc_by(n);
+    }
+
+    /// The sensor source failed (`kind` says how) and will be retried.
+    pub fn sensor_failure(&self, source: &str, kind: &str) {
+        self.sensor_failures
+            .get_or_create(&SourceKindLabel {
+                source: source.into(),
+                kind: kind.into(),
+            })
+            .inc();
     }
 
     /// A group-commit flush finished.

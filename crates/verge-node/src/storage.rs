@@ -19,8 +19,8 @@
 //! them all. A batch that does not fit is dropped and counted, and the owner core sends its
 //! messages again.
 //!
-//! [`SensorActor`] polls the configured sensor source and feeds the store, holding back (not
-//! dropping) when the store falls behind.
+//! The sensor actor (`crate::sensing`) feeds it readings; [`EventClock`] tells it the event time
+//! of a replayed or simulated source, which its aggregation windows follow.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
@@ -39,18 +39,14 @@ use verge_replica::{
     ReplicaConfig, ReplicaEvent, StoredCopy, StoredStream,
 };
 use verge_store::{RetentionPolicy, Store, StoreError};
+use verge_traffic::Reading;
 use verge_traffic::window::{Aggregator, PushError, WindowConfig};
-use verge_traffic::{Reading, SyntheticSource};
 
 use crate::config::{ReplicationSection, StoreSection};
 use crate::metrics::Metrics;
 
 /// Readings appended and not yet acknowledged before the store says "busy".
 const PENDING_READINGS_MAX: usize = 400_000;
-/// Batches a sensor may have in flight to the store.
-const SENSOR_INFLIGHT_MAX: usize = 4;
-/// How often a sensor source is polled.
-const SENSOR_TICK: Duration = Duration::from_millis(10);
 /// How often replication gauges (lag, under-replicated streams) are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_millis(500);
 /// How often catch-up progress is logged, in milliseconds.
@@ -96,9 +92,32 @@ pub struct IngestResult {
     pub rejected: Vec<String>,
 }
 
+/// Why an ingest was not acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IngestError {
+    /// The replication cores are down (the store failed); nothing was appended.
+    #[error("replication is not running (the store failed; see the node's log); retry")]
+    NotRunning,
+    /// Too many readings wait for acknowledgement; nothing was appended.
+    #[error("the store is busy: too many readings waiting for acknowledgement; retry")]
+    Busy,
+    /// Appended, but not acknowledged: the readings may or may not survive, so sending them
+    /// again may store them twice.
+    #[error("{0}")]
+    NotAcknowledged(String),
+}
+
+impl IngestError {
+    /// Whether the readings were refused before anything was appended, so that sending them
+    /// again cannot store them twice.
+    pub fn nothing_appended(&self) -> bool {
+        matches!(self, IngestError::NotRunning | IngestError::Busy)
+    }
+}
+
 /// Stores readings of this node's own sensors; answered once they are replicated as configured.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<IngestResult, String>")]
+#[rtype(result = "Result<IngestResult, IngestError>")]
 pub struct Ingest {
     /// Validated readings, in order per sensor.
     pub readings: Vec<Reading>,
@@ -204,6 +223,8 @@ pub struct StoreActor {
     aggregator: Option<Aggregator>,
     /// Closed windows not yet appended, per aggregate stream.
     windows_pending: BTreeMap<StreamId, Vec<Record>>,
+    /// Event time for the windows: the wall clock, or a replay's accelerated clock.
+    clock: EventClock,
 }
 
 impl StoreActor {
@@ -240,7 +261,15 @@ impl StoreActor {
             windows: WindowConfig::default(),
             aggregator: None,
             windows_pending: BTreeMap::new(),
+            clock: EventClock::default(),
         }
+    }
+
+    /// Closes windows by `clock` (a replayed or simulated source's event time) instead of the
+    /// wall clock.
+    pub fn with_clock(mut self, clock: EventClock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Aggregates this node's readings in windows configured by `windows` (default: 10 s windows,
@@ -880,8 +909,12 @@ impl StoreActor {
         self.aggregator.as_mut()
     }
 
-    /// Adds stored readings to their windows.
+    /// Adds stored readings to their windows, after closing the windows event time has passed
+    /// (a replay's clock runs ahead of the 250 ms tick).
     fn aggregate(&mut self, readings: &[Reading]) {
+        if self.clock.is_paced() {
+            self.close_windows();
+        }
         let metrics = self.metrics.clone();
         let Some(agg) = self.aggregator() else {
             return;
@@ -909,10 +942,11 @@ impl StoreActor {
 
     /// Closes the windows the clock has passed and appends them (and any still pending).
     fn close_windows(&mut self) {
+        let now = self.clock.now_ms();
         let Some(agg) = self.aggregator() else {
             return;
         };
-        let closed = agg.advance(now_ms());
+        let closed = agg.advance(now);
         for w in closed {
             match StreamId::new(self.me.clone(), StreamKind::Aggregates, w.approach.as_str()) {
                 Ok(stream) => {
@@ -1111,28 +1145,18 @@ impl Handler<FromPeer> for StoreActor {
 }
 
 impl Handler<Ingest> for StoreActor {
-    type Result = ResponseFuture<Result<IngestResult, String>>;
+    type Result = ResponseFuture<Result<IngestResult, IngestError>>;
 
     fn handle(&mut self, msg: Ingest, _: &mut Self::Context) -> Self::Result {
         if self.cores.is_none() {
             self.metrics
                 .readings_rejected("store", msg.readings.len() as u64);
-            return Box::pin(async {
-                Err(
-                    "replication is not running (the store failed; see the node's log); retry"
-                        .to_owned(),
-                )
-            });
+            return Box::pin(async { Err(IngestError::NotRunning) });
         }
         if self.waiting_readings + msg.readings.len() > PENDING_READINGS_MAX {
             self.metrics
                 .readings_rejected("busy", msg.readings.len() as u64);
-            return Box::pin(async {
-                Err(
-                    "the store is busy: too many readings waiting for acknowledgement; retry"
-                        .to_owned(),
-                )
-            });
+            return Box::pin(async { Err(IngestError::Busy) });
         }
         let mut result = IngestResult::default();
         let mut by_stream: BTreeMap<StreamId, Vec<Reading>> = BTreeMap::new();
@@ -1160,7 +1184,9 @@ impl Handler<Ingest> for StoreActor {
                 // The cores were rebuilt from the store: what was appended is not acknowledged
                 // by them, so this producer must not wait for them.
                 return Box::pin(async {
-                    Err("not acknowledged: the store failed while appending (see the node's log); retry".to_owned())
+                    Err(IngestError::NotAcknowledged(
+                        "not acknowledged: the store failed while appending (see the node's log); retry".to_owned(),
+                    ))
                 });
             }
         }
@@ -1196,9 +1222,12 @@ impl Handler<Ingest> for StoreActor {
             );
         }
         Box::pin(async move {
-            rx.await.unwrap_or_else(|_| {
-                Err("the store stopped before the readings were acknowledged".to_owned())
-            })
+            match rx.await {
+                Ok(result) => result.map_err(IngestError::NotAcknowledged),
+                Err(_) => Err(IngestError::NotAcknowledged(
+                    "the store stopped before the readings were acknowledged".to_owned(),
+                )),
+            }
         })
     }
 }
@@ -1261,67 +1290,57 @@ impl Handler<ReadRange> for StoreActor {
     }
 }
 
-/// Polls a synthetic sensor source and feeds the store.
-#[derive(Debug)]
-pub struct SensorActor {
-    source: SyntheticSource,
-    store: Addr<StoreActor>,
-    metrics: Metrics,
-    inflight: usize,
+/// Event time: the wall clock, unless a replayed or simulated source runs faster (or slower)
+/// than it, in which case the source sets the pace and the aggregation windows follow it.
+#[derive(Debug, Clone, Default)]
+pub struct EventClock(Arc<std::sync::Mutex<Option<Pace>>>);
+
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    wall_ms: i64,
+    event_ms: i64,
+    speed: f64,
 }
 
-impl SensorActor {
-    /// A sensor actor for `source`.
-    pub fn new(source: SyntheticSource, store: Addr<StoreActor>, metrics: Metrics) -> Self {
-        Self {
-            source,
-            store,
-            metrics,
-            inflight: 0,
-        }
-    }
-
-    fn tick(&mut self, ctx: &mut Context<Self>) {
-        // Back-pressure: while the store is behind, the source is not polled, so its readings
-        // wait in the source (which catches up in bounded steps) instead of being dropped.
-        if self.inflight >= SENSOR_INFLIGHT_MAX {
-            return;
-        }
-        let mut readings = self.source.poll(now_ms());
-        readings.retain(|r| match r.validate() {
-            Ok(()) => true,
-            Err(e) => {
-                self.metrics.readings_rejected(e.kind(), 1);
-                false
-            }
+impl EventClock {
+    /// At wall time `wall_ms` event time was `event_ms`, and it runs `speed` times the wall
+    /// clock. Event time never goes backwards: an earlier `event_ms` than the clock already
+    /// shows is ignored.
+    pub fn set(&self, wall_ms: i64, event_ms: i64, speed: f64) {
+        let mut pace = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let shown = pace.map(|p| p.at(wall_ms));
+        pace.replace(Pace {
+            wall_ms,
+            event_ms: shown.map_or(event_ms, |s| s.max(event_ms)),
+            speed,
         });
-        if readings.is_empty() {
-            return;
-        }
-        self.inflight += 1;
-        self.store
-            .send(Ingest { readings })
-            .into_actor(self)
-            .map(|res, act, _| {
-                act.inflight -= 1;
-                match res {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => warn!("sensor readings not stored: {e}"),
-                    Err(e) => warn!("store unavailable: {e}"),
-                }
-            })
-            .spawn(ctx);
+    }
+
+    /// Whether a source sets the pace.
+    pub fn is_paced(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// The current event time, milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> i64 {
+        let wall = now_ms();
+        let pace = *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        pace.map_or(wall, |p| p.at(wall))
     }
 }
 
-impl Actor for SensorActor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        info!(
-            sensors = self.source.sensors().len(),
-            "synthetic sensor source started"
-        );
-        ctx.run_interval(SENSOR_TICK, |act, ctx| act.tick(ctx));
+impl Pace {
+    fn at(&self, wall_ms: i64) -> i64 {
+        let elapsed = wall_ms.saturating_sub(self.wall_ms) as f64 * self.speed;
+        self.event_ms.saturating_add(elapsed as i64)
     }
 }

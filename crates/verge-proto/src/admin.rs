@@ -194,6 +194,27 @@ pub struct NodeStatus {
     pub peers_suspect: u32,
     /// Configured peers currently down.
     pub peers_down: u32,
+    /// The node's sensor source, if it has one.
+    pub sensor: Option<SensorStatus>,
+}
+
+/// What a node's sensor source is doing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SensorStatus {
+    /// `synthetic`, `replay` or `traci`.
+    pub source: String,
+    /// `starting`, `running`, `retrying` (it failed and waits to try again), or `finished`
+    /// (a replay reached the end of its files, a simulation ended).
+    pub state: String,
+    /// What the source reads, or why it failed last.
+    pub detail: String,
+    /// Readings it produced that passed validation.
+    pub readings: u64,
+    /// Readings and rows refused (invalid values, unknown detectors, time going backwards,
+    /// malformed rows).
+    pub rejected: u64,
+    /// Times the source failed (could not open, connection lost) and was retried.
+    pub failures: u64,
 }
 
 /// A member's liveness as this node's failure detector sees it.

@@ -413,6 +413,16 @@ fn print_sync(v: &SyncView, json: bool) -> anyhow::Result<()> {
 
 fn print_status(s: &NodeStatus, json: bool) -> anyhow::Result<()> {
     if json {
+        let sensor = s.sensor.as_ref().map(|x| {
+            serde_json::json!({
+                "source": x.source,
+                "state": x.state,
+                "detail": x.detail,
+                "readings": x.readings,
+                "rejected": x.rejected,
+                "failures": x.failures,
+            })
+        });
         println!(
             "{}",
             serde_json::json!({
@@ -423,6 +433,7 @@ fn print_status(s: &NodeStatus, json: bool) -> anyhow::Result<()> {
                 "peers_alive": s.peers_alive,
                 "peers_suspect": s.peers_suspect,
                 "peers_down": s.peers_down,
+                "sensor": sensor,
             })
         );
     } else {
@@ -434,6 +445,13 @@ fn print_status(s: &NodeStatus, json: bool) -> anyhow::Result<()> {
             "peers    {} alive, {} suspect, {} down",
             s.peers_alive, s.peers_suspect, s.peers_down
         );
+        match &s.sensor {
+            Some(x) => println!(
+                "sensor   {} {} ({}): {} readings, {} refused, {} failures",
+                x.source, x.state, x.detail, x.readings, x.rejected, x.failures
+            ),
+            None => println!("sensor   none configured"),
+        }
     }
     Ok(())
 }
