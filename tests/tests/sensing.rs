@@ -252,3 +252,138 @@ async fn a_sumo_replay_through_three_nodes_stores_every_valid_row_once() {
     .await
     .expect("bounded");
 }
+
+/// A SUMO process, killed when dropped.
+struct Sumo {
+    child: std::process::Child,
+}
+
+impl Sumo {
+    fn start(grid: &Path, port: u16, clients: usize, prefix: &str) -> Self {
+        let child = Command::new("sumo")
+            .arg("-c")
+            .arg(grid.join("grid.sumocfg"))
+            .args(["--remote-port", &port.to_string()])
+            .args(["--num-clients", &clients.to_string()])
+            .args(["--output-prefix", prefix])
+            .env(
+                "SUMO_HOME",
+                std::env::var_os("SUMO_HOME").unwrap_or_else(|| "/usr/share/sumo".into()),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start sumo");
+        Self { child }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Sumo {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until `cond` holds for node `i`'s sensor status; returns the last status seen.
+async fn sensor_until(
+    c: &LocalCluster,
+    i: usize,
+    timeout: Duration,
+    cond: impl Fn(&verge_proto::admin::SensorStatus) -> bool,
+) -> verge_proto::admin::SensorStatus {
+    let admin = c.admin();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let status = admin.status(c.nodes[i].listen).await.expect("status");
+        let sensor = status.sensor.expect("a sensor source");
+        if cond(&sensor) || tokio::time::Instant::now() > deadline {
+            return sensor;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_read_live_sumo_over_traci_and_reconnect_after_sumo_dies() {
+    if sumo_missing() {
+        return;
+    }
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let grid = tempfile::tempdir().expect("temp dir");
+        make_grid(grid.path());
+        let port = verge_sim::free_tcp_port().expect("port");
+        let mut sumo = Sumo::start(grid.path(), port, 2, "first-");
+
+        let mut c = LocalCluster::create(&ClusterSpec::corridor(verge_bin(), 2)).expect("layout");
+        for (i, tls) in ["B1", "C1"].iter().enumerate() {
+            let mut f = fs::OpenOptions::new()
+                .append(true)
+                .open(&c.nodes[i].config)
+                .expect("config");
+            write!(
+                f,
+                "\n[sensors.traci]\naddr = \"127.0.0.1:{port}\"\ntls = {tls:?}\norder = {}\ninterval_ms = 1000\nspeed = 20\ndetectors = {:?}\n",
+                i + 1,
+                grid.path().join("detectors.add.xml"),
+            )
+            .expect("append config");
+        }
+        start_mesh(&mut c).await;
+        for i in 0..2 {
+            let s = sensor_until(&c, i, Duration::from_secs(20), |s| s.readings >= 160).await;
+            assert!(s.readings >= 160 && s.state == "running", "node {i}: {s:?}\n{}", c.log(i));
+        }
+
+        // SUMO dies mid-run: both sources fail, say so, and keep retrying; the nodes run on.
+        sumo.kill();
+        for i in 0..2 {
+            let s = sensor_until(&c, i, Duration::from_secs(10), |s| s.state == "retrying").await;
+            assert_eq!(s.state, "retrying", "node {i}: {s:?}");
+            assert!(s.failures >= 1 && !s.detail.is_empty(), "node {i}: {s:?}");
+            assert!(c.is_running(i));
+        }
+        let text = http_get(c.nodes[0].metrics, "/metrics").expect("metrics");
+        assert!(metric_sum(&text, "verge_sensor_failures_total") >= 1.0, "{text}");
+
+        // A new SUMO: both reconnect and read on, stamping after what they stored (no reading is
+        // refused for going back in time).
+        let before: Vec<u64> = {
+            let mut v = Vec::new();
+            for i in 0..2 {
+                v.push(sensor_until(&c, i, Duration::ZERO, |_| true).await.readings);
+            }
+            v
+        };
+        let _sumo2 = Sumo::start(grid.path(), port, 2, "second-");
+        for (i, was) in before.iter().enumerate() {
+            let s = sensor_until(&c, i, Duration::from_secs(30), |s| {
+                s.state == "running" && s.readings >= was + 160
+            })
+            .await;
+            assert!(s.readings >= was + 160, "node {i}: {s:?}\n{}", c.log(i));
+            assert_eq!(s.rejected, 0, "node {i}: {s:?}");
+        }
+
+        // Each node stored its own light's detectors only.
+        let admin = c.admin();
+        for (i, tls) in ["B1", "C1"].iter().enumerate() {
+            let streams = admin.streams(c.nodes[i].listen).await.expect("streams");
+            let own: Vec<_> = streams
+                .iter()
+                .filter(|s| s.id.kind == StreamKind::Raw && s.id.owner == c.nodes[i].id)
+                .collect();
+            assert_eq!(own.len(), 16, "node {i}: {own:?}");
+            assert!(
+                own.iter().all(|s| s.id.sensor.contains(&format!("_{tls}_")) && s.head > 0),
+                "node {i}: {own:?}"
+            );
+        }
+    })
+    .await
+    .expect("bounded");
+}
