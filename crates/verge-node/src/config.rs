@@ -800,6 +800,47 @@ relation = "downstream"
     }
 
     #[test]
+    fn sumo_sources_are_checked_and_their_paths_anchored() {
+        let (dir, base) = with_certs();
+        let replay = "\n[sensors.replay]\ndetectors = \"run/d.xml\"\ne1 = \"run/e1.xml\"\ntls = [\"B1\"]\nspeed = 10\n";
+        let cfg = parse(&dir, &format!("{base}{replay}")).expect("parses");
+        let r = cfg.sensors.replay.expect("replay");
+        assert_eq!(r.detectors, dir.path().join("run/d.xml"));
+        assert_eq!(r.e1, Some(dir.path().join("run/e1.xml")));
+        let traci = "\n[sensors.traci]\naddr = \"127.0.0.1:8813\"\ntls = \"B1\"\n";
+        let cfg = parse(&dir, &format!("{base}{traci}")).expect("parses");
+        assert_eq!(cfg.sensors.traci.expect("traci").interval_ms, 1_000);
+        for (text, key) in [
+            (
+                format!("{replay}[sensors.synthetic]\nsensors = 1\nrate_per_s = 1\n"),
+                "sensors",
+            ),
+            (
+                "\n[sensors.replay]\ndetectors = \"d.xml\"\ntls = [\"B1\"]\n".to_owned(),
+                "sensors.replay",
+            ),
+            (
+                "\n[sensors.replay]\ndetectors = \"d.xml\"\ne2 = \"e2.xml\"\ntls = []\n".to_owned(),
+                "sensors.replay.tls",
+            ),
+            (
+                replay.replace("speed = 10", "speed = nan"),
+                "sensors.replay.speed",
+            ),
+            (
+                format!("{traci}interval_ms = 5\n"),
+                "sensors.traci.interval_ms",
+            ),
+            (format!("{traci}speed = 0\n"), "sensors.traci.speed"),
+        ] {
+            match parse(&dir, &format!("{base}{text}")) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),
+                other => panic!("{text}: expected an error at {key}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn a_good_config_parses_with_paths_anchored_at_the_file() {
         let (dir, text) = with_certs();
         let cfg = parse(&dir, &text).expect("parses");
