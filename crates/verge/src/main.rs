@@ -4,6 +4,7 @@
 
 mod bench_gateway;
 mod bench_net;
+mod bench_replay;
 mod bench_store;
 mod ctl;
 mod demo;
@@ -198,6 +199,9 @@ enum BenchCommand {
     /// Gateway failover under SIGKILL (to a new leader, to its first acknowledged batch) and
     /// the cloud-sync backlog drain after an outage, on five real nodes and a reference cloud.
     Gateway(bench_gateway::BenchGatewayArgs),
+    /// SUMO detector rows one node ingests per second (parse, validate, store, replicate)
+    /// against parsing and validating alone.
+    Replay(bench_replay::BenchReplayArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -356,6 +360,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(BenchCommand::Gateway(args)) => {
             runtime()?.block_on(bench_gateway::run(&args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Replay(args)) => {
+            runtime()?.block_on(bench_replay::run(&args))?;
             Ok(ExitCode::SUCCESS)
         }
     }
