@@ -207,10 +207,7 @@ impl Model {
             let out_fact = typed.output_fact(0).map_err(|e| onnx_err(&onnx_path, e))?;
             let mut want = vec![batch];
             want.extend(&out_tail);
-            let got: Option<Vec<usize>> = out_fact
-                .shape
-                .as_concrete()
-                .map(|s| s.iter().copied().collect());
+            let got: Option<Vec<usize>> = out_fact.shape.as_concrete().map(|s| s.to_vec());
             if out_fact.datum_type != f32::datum_type() || got.as_deref() != Some(&want[..]) {
                 return Err(LoadError::ShapeMismatch {
                     path: onnx_path.clone(),
@@ -376,7 +373,7 @@ impl Model {
     /// [`PredictError`] for buffers of the wrong length or an input that is not finite.
     pub fn predict_into(&self, input: &[f32], out: &mut [f32]) -> Result<(), PredictError> {
         let w = self.in_width;
-        if w == 0 || input.len() % w != 0 {
+        if w == 0 || !input.len().is_multiple_of(w) {
             return Err(PredictError::InputLength {
                 model: self.manifest.name.clone(),
                 len: input.len(),
