@@ -148,12 +148,12 @@ def dataset(out_dir, upstream_source="actual"):
     return np.asarray(xs, dtype=np.float32), np.asarray(ys, dtype=np.float32), meta, wins, feed
 
 
-def train_mlp(X, y, seed):
+def train_mlp(X, y, seed, hidden):
     from sklearn.neural_network import MLPRegressor
     mu = X.mean(axis=0)
     sd = X.std(axis=0)
     sd[sd < 1e-6] = 1.0  # a constant column (e.g. zeroed upstream slots) passes through as 0
-    m = MLPRegressor(hidden_layer_sizes=(32, 32), activation="relu", alpha=1e-3,
+    m = MLPRegressor(hidden_layer_sizes=hidden, activation="relu", alpha=1e-3,
                      learning_rate_init=1e-3, max_iter=300, early_stopping=True,
                      validation_fraction=0.1, n_iter_no_change=15, random_state=seed)
     m.fit((X - mu) / sd, y)
@@ -241,6 +241,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", help="directory for the SUMO runs (default: a temporary one)")
     ap.add_argument("--seed", type=int, default=0, help="training seed")
+    ap.add_argument("--hidden", default="64",
+                    help="hidden layer sizes, comma-separated (default 64: one layer; tract's cost "
+                         "per call grows with the number of layers more than with their width)")
     args = ap.parse_args()
     work = args.work or tempfile.mkdtemp(prefix="verge-train-")
     np.random.seed(args.seed)
@@ -268,8 +271,9 @@ def main():
     Xh_noshare = Xh.copy()
     Xh_noshare[:, up] = 0.0
 
-    W, b = train_mlp(X, y, args.seed)
-    Wn, bn = train_mlp(X_noshare, y, args.seed)
+    hidden = tuple(int(h) for h in args.hidden.split(","))
+    W, b = train_mlp(X, y, args.seed, hidden)
+    Wn, bn = train_mlp(X_noshare, y, args.seed, hidden)
 
     out_dirs = {}
     for name, (Ws, bs), desc in [
@@ -305,6 +309,7 @@ def main():
         "train_runs": [{"seed": s, "period_s": p} for s, p in TRAIN_RUNS],
         "train_samples": int(len(y)),
         "window_s": WINDOW_S,
+        "hidden_layers": list(hidden),
         "mae_model": m_model,
         "mae_last_value": m_last,
         "improvement_over_last_value": 1.0 - m_model / m_last,
