@@ -42,6 +42,9 @@ pub struct BenchConfig {
 }
 
 impl Default for BenchConfig {
+    /// The repository's default model, its held-out rows and `models/bench_ort.py`, found from
+    /// this crate's source directory (a binary run elsewhere sets the paths itself); batch 1 and
+    /// 64, 2 s each.
     fn default() -> Self {
         let models = models_dir();
         Self {
