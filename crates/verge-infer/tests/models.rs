@@ -60,6 +60,13 @@ fn assert_matches_onnxruntime(name: &str) {
         .flat_map(|row| model.predict(row).expect("row"))
         .collect();
     check(&one_by_one, "row by row");
+    // Row counts that are no plan's size run padded on the next larger plan.
+    let w = FEATURES;
+    for n in [3usize, 5, 37] {
+        let n = n.min(g.inputs.len());
+        let got = model.predict(&flat[..n * w]).expect("padded");
+        check_prefix(name, &got, &want[..n], n);
+    }
     let tripled: Vec<f32> = flat.iter().chain(&flat).chain(&flat).copied().collect();
     let got = model.predict(&tripled).expect("chunked");
     for k in 0..3 {
@@ -358,4 +365,15 @@ fn predictions_never_fail_while_models_are_swapped() {
         w.join().expect("no worker panicked");
     }
     assert_eq!(reg.predict("default", &rows).expect("serves"), out_a);
+}
+
+/// `got` (a padded run of `n` rows) is within 1e-5 of onnxruntime's first `n` outputs.
+fn check_prefix(name: &str, got: &[f32], want: &[f32], n: usize) {
+    assert_eq!(got.len(), want.len(), "{name}: {n} rows in, {n} rows out");
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-5,
+            "{name} padded to fit {n} rows: row {i}: tract {a}, onnxruntime {b}"
+        );
+    }
 }
