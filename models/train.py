@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Trains Verge's default next-window vehicle-count model on SUMO's 3x3 grid and exports it to ONNX.
 
-    pip install --user numpy scikit-learn onnx onnxruntime     # torch too for --linear (see README)
-    python3 models/train.py                  # ~1-2 min on 2 cores; needs SUMO (make_grid.sh)
+    pip install --user numpy scikit-learn onnx onnxruntime     # (export_linear.py also needs torch)
+    python3 models/train.py [--work DIR] [--hidden 64]   # ~3 min on 2 busy cores; needs SUMO
 
 What it does (models/README.md has the why):
   1. Runs simulations/sumo/make_grid.sh for several demand seeds and periods (training) and one
@@ -12,7 +12,7 @@ What it does (models/README.md has the why):
      verge-traffic's Aggregator: count summed, occupancy averaged over readings, speed weighted by
      count over readings that saw vehicles (-1 if none), queue maxed.
   3. Builds features with models/features.py (the twin of verge-infer's `features` module).
-  4. Trains a small MLP (scikit-learn), twice: with upstream slots (default) and with the
+  4. Trains a small MLP (scikit-learn; default one hidden layer of 64 ReLU units), twice: with upstream slots (default) and with the
      upstream slots zeroed (default-noshare), and exports both to ONNX with the input scaling
      folded into the first layer, so the model takes raw features.
   5. Writes models/<name>/{model.onnx, model.toml, metrics.json}, golden fixtures (inputs and
