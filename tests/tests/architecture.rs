@@ -86,4 +86,21 @@ fn crate_boundaries_hold() {
     );
     // Orchestration talks to nodes only through processes and the admin endpoint.
     assert_not_in("verge-sim", &["verge-node", "actix"]);
+    // Inference does no network or storage IO.
+    assert_not_in(
+        "verge-infer",
+        &["verge-net", "verge-store", "quinn", "sled", "actix"],
+    );
+    // Traffic sources know nothing of the mesh, the control plane or the store.
+    assert_not_in(
+        "verge-traffic",
+        &[
+            "verge-net",
+            "verge-control",
+            "verge-store",
+            "quinn",
+            "sled",
+            "actix",
+        ],
+    );
 }
