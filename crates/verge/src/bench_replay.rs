@@ -29,7 +29,9 @@ const DEADLINE: Duration = Duration::from_secs(300);
 
 /// Options of `verge bench replay`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  verge bench replay\n  verge bench replay --sumo-dir run --json")]
+#[command(
+    after_help = "Examples:\n  verge bench replay\n  verge bench replay --sumo-dir run --json"
+)]
 pub struct BenchReplayArgs {
     /// A directory made by `simulations/sumo/make_grid.sh DIR --freq 1` (detectors.add.xml,
     /// out/e1.xml, out/e2.xml); without it one is made in a temporary directory (needs SUMO).
@@ -106,8 +108,8 @@ pub async fn run(args: &BenchReplayArgs) -> anyhow::Result<Value> {
             g
         }
     };
-    let grid = std::fs::canonicalize(&grid)
-        .with_context(|| format!("cannot find {}", grid.display()))?;
+    let grid =
+        std::fs::canonicalize(&grid).with_context(|| format!("cannot find {}", grid.display()))?;
     let (parsed_rows, parse_refused, parse_s) = parse_only(&grid)?;
     eprintln!(
         "parse + validate in this process: {} rows in {parse_s:.2} s, {parse_refused} refused",
