@@ -8,10 +8,10 @@
 //!
 //! - **[`K`] = 6 past windows of the approach**, oldest first; the newest is the window that just
 //!   closed (it starts at `last_start_ms`). Each gives [`WINDOW_VALUES`] = 4 values, the first
-//!   four columns of its record ([`verge_traffic::window::WINDOW_COLUMNS`]):
+//!   four columns of its record (`verge_traffic::window::WINDOW_COLUMNS`):
 //!   `vehicle_count, mean_occupancy, mean_speed, max_queue`. So window `i` (0 = oldest) is at
 //!   `4*i .. 4*i+4`, and the newest window's count is at index 20.
-//! - **`mean_speed` of -1 becomes 0.** -1 ([`verge_traffic::window::NO_SPEED`]) means "no vehicle
+//! - **`mean_speed` of -1 becomes 0.** -1 (`verge_traffic::window::NO_SPEED`) means "no vehicle
 //!   passed"; the count of 0 beside it already says so, and 0 keeps the input continuous (a
 //!   jump to -1 would teach the model that an empty road is slower than a jammed one). Any other
 //!   negative speed is treated the same.

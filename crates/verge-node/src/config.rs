@@ -93,6 +93,20 @@ pub struct NodeConfig {
     /// The cloud the gateway syncs aggregates to; no sync when absent.
     #[serde(default)]
     pub cloud: Option<CloudSection>,
+    /// The model predicting each approach's next-window vehicle count; no predictions when
+    /// absent.
+    #[serde(default)]
+    pub inference: Option<InferenceSection>,
+}
+
+/// `[inference]`: the model every closed window feeds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceSection {
+    /// The model's manifest (`model.toml`, naming the ONNX file beside it), e.g.
+    /// `models/default-noshare/model.toml`. Its input must be the default model's feature row
+    /// (27 values) and its output one value.
+    pub model: PathBuf,
 }
 
 /// The control plane (`[control]`).
@@ -506,6 +520,9 @@ impl NodeConfig {
         if let Some(traci) = &mut cfg.sensors.traci {
             paths.extend(traci.detectors.as_mut());
         }
+        if let Some(inference) = &mut cfg.inference {
+            paths.push(&mut inference.model);
+        }
         for p in paths {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -526,6 +543,9 @@ impl NodeConfig {
             if let Some(t) = &cloud.token_file {
                 files.push(("cloud.token_file", t));
             }
+        }
+        if let Some(inference) = &self.inference {
+            files.push(("inference.model", &inference.model));
         }
         for (key, file) in files {
             if !file.is_file() {

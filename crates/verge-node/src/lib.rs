@@ -13,6 +13,7 @@ mod http;
 pub mod links;
 pub mod membership;
 pub mod metrics;
+pub mod prediction;
 pub mod sensing;
 pub mod storage;
 
@@ -142,10 +143,19 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
         {
             windows.approaches = approaches;
         }
+        // Loading a model builds its plans: before the store's thread starts, not on it.
+        let predictor = cfg
+            .inference
+            .as_ref()
+            .map(|i| prediction::Predictor::load(&i.model, windows.window_ms, metrics.clone()));
         storage::StoreActor::start_in_arbiter(&store_arbiter.handle(), move |_| {
-            storage::StoreActor::new(store, me, scfg, rcfg, m, outboxes)
+            let actor = storage::StoreActor::new(store, me, scfg, rcfg, m, outboxes)
                 .with_windows(windows)
-                .with_clock(clock)
+                .with_clock(clock);
+            match predictor {
+                Some(p) => actor.with_predictor(p),
+                None => actor,
+            }
         })
     };
     membership.do_send(actors::WatchLiveness {

@@ -16,6 +16,11 @@ struct KindLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceKindLabel {
     source: String,
     kind: String,
@@ -58,6 +63,8 @@ pub struct Metrics {
     readings_stored: Counter,
     readings_rejected: Family<KindLabel, Counter>,
     sensor_failures: Family<SourceKindLabel, Counter>,
+    model_loads: Family<ResultLabel, Counter>,
+    predictions: Family<ResultLabel, Counter>,
     store_flushes: Family<StateLabel, Counter>,
     retention_dropped: Family<RetentionLabel, Counter>,
     repl_sent: Family<PeerLabel, Counter>,
@@ -94,6 +101,8 @@ impl Metrics {
         let readings_stored = Counter::default();
         let readings_rejected = Family::<KindLabel, Counter>::default();
         let sensor_failures = Family::<SourceKindLabel, Counter>::default();
+        let model_loads = Family::<ResultLabel, Counter>::default();
+        let predictions = Family::<ResultLabel, Counter>::default();
         let store_flushes = Family::<StateLabel, Counter>::default();
         let retention_dropped = Family::<RetentionLabel, Counter>::default();
         let repl_sent = Family::<PeerLabel, Counter>::default();
@@ -161,6 +170,16 @@ impl Metrics {
             readings_rejected.clone(),
         );
         registry.register(
+            "model_loads",
+            "Model loads, by result (ok, failed)",
+            model_loads.clone(),
+        );
+        registry.register(
+            "predictions",
+            "Next-window predictions, by result (ok, failed)",
+            predictions.clone(),
+        );
+        registry.register(
             "sensor_failures",
             "Sensor source failures, retried with backoff, by source and kind (open, connect, disconnected, ...)",
             sensor_failures.clone(),
@@ -225,6 +244,8 @@ impl Metrics {
             readings_stored,
             readings_rejected,
             sensor_failures,
+            model_loads,
+            predictions,
             store_flushes,
             retention_dropped,
             repl_sent,
@@ -319,6 +340,24 @@ impl Metrics {
     pub fn readings_rejected(&self, kind: &str, n: u64) {
         self.readings_rejected
             .get_or_create(&KindLabel { kind: kind.into() })
+            .inc_by(n);
+    }
+
+    /// A model load finished.
+    pub fn model_load(&self, ok: bool) {
+        self.model_loads
+            .get_or_create(&ResultLabel {
+                result: if ok { "ok" } else { "failed" }.into(),
+            })
+            .inc();
+    }
+
+    /// `n` predictions were made (`ok`) or could not be.
+    pub fn predictions(&self, ok: bool, n: u64) {
+        self.predictions
+            .get_or_create(&ResultLabel {
+                result: if ok { "ok" } else { "failed" }.into(),
+            })
             .inc_by(n);
     }
 

@@ -225,6 +225,8 @@ pub struct StoreActor {
     windows_pending: BTreeMap<StreamId, Vec<Record>>,
     /// Event time for the windows: the wall clock, or a replay's accelerated clock.
     clock: EventClock,
+    /// Predicts each approach's next window as its windows close, if a model is configured.
+    predictor: Option<crate::prediction::Predictor>,
 }
 
 impl StoreActor {
@@ -262,7 +264,14 @@ impl StoreActor {
             aggregator: None,
             windows_pending: BTreeMap::new(),
             clock: EventClock::default(),
+            predictor: None,
         }
+    }
+
+    /// Predicts each approach's next-window vehicle count as its windows close.
+    pub fn with_predictor(mut self, predictor: crate::prediction::Predictor) -> Self {
+        self.predictor = Some(predictor);
+        self
     }
 
     /// Closes windows by `clock` (a replayed or simulated source's event time) instead of the
@@ -940,29 +949,76 @@ impl StoreActor {
         }
     }
 
-    /// Closes the windows the clock has passed and appends them (and any still pending).
+    /// The predictions for `closed` windows, seeding an approach's history from its stored
+    /// aggregate stream first (after a restart).
+    fn predict(&mut self, closed: &[verge_traffic::window::Window]) -> Vec<Option<f64>> {
+        let Some(predictor) = self.predictor.as_mut() else {
+            return vec![None; closed.len()];
+        };
+        for w in closed {
+            if !predictor.needs_history(&w.approach) {
+                continue;
+            }
+            let Ok(stream) =
+                StreamId::new(self.me.clone(), StreamKind::Aggregates, w.approach.as_str())
+            else {
+                continue;
+            };
+            let head = self.store.head(&stream);
+            let from = head
+                .saturating_sub(verge_infer::features::K as u64 - 1)
+                .max(1);
+            let stored = if head == 0 {
+                Vec::new()
+            } else {
+                self.store
+                    .read(&stream, from, head, verge_infer::features::K)
+                    .unwrap_or_default()
+            };
+            predictor.seed(&w.approach, stored.into_iter().map(|(_, r)| r).collect());
+        }
+        predictor.predict(closed)
+    }
+
+    /// Closes the windows the clock has passed and appends them with their predictions (and any
+    /// still pending).
     fn close_windows(&mut self) {
         let now = self.clock.now_ms();
         let Some(agg) = self.aggregator() else {
             return;
         };
         let closed = agg.advance(now);
-        for w in closed {
-            match StreamId::new(self.me.clone(), StreamKind::Aggregates, w.approach.as_str()) {
-                Ok(stream) => {
-                    let pending = self.windows_pending.entry(stream).or_default();
-                    pending.push(w.to_record());
-                    if pending.len() > WINDOWS_PENDING_MAX {
-                        let excess = pending.len() - WINDOWS_PENDING_MAX;
-                        pending.drain(..excess);
-                        error!(
-                            approach = %w.approach,
-                            dropped = excess,
-                            "aggregation windows dropped: the aggregate stream has refused appends for too long"
-                        );
+        let predictions = self.predict(&closed);
+        for (w, predicted) in closed.iter().zip(predictions) {
+            let mut records = vec![(StreamKind::Aggregates, w.to_record(predicted))];
+            if let Some(p) = predicted {
+                // The prediction is for the window that starts where this one ends.
+                records.push((
+                    StreamKind::Results,
+                    Record {
+                        ts_ms: w.end_ms,
+                        values: vec![p],
+                    },
+                ));
+            }
+            for (kind, record) in records {
+                match StreamId::new(self.me.clone(), kind, w.approach.as_str()) {
+                    Ok(stream) => {
+                        let pending = self.windows_pending.entry(stream).or_default();
+                        pending.push(record);
+                        if pending.len() > WINDOWS_PENDING_MAX {
+                            let excess = pending.len() - WINDOWS_PENDING_MAX;
+                            pending.drain(..excess);
+                            error!(
+                                approach = %w.approach,
+                                dropped = excess,
+                                kind = kind.as_str(),
+                                "windows dropped: the approach's stream has refused appends for too long"
+                            );
+                        }
                     }
+                    Err(e) => error!("approach `{}` makes no stream id: {e}", w.approach),
                 }
-                Err(e) => error!("approach `{}` makes no stream id: {e}", w.approach),
             }
         }
         let streams: Vec<StreamId> = self.windows_pending.keys().cloned().collect();
@@ -980,8 +1036,10 @@ impl StoreActor {
             };
             let mut result = IngestResult::default();
             if self.append_own(&stream, &records, &mut result).is_some() {
-                self.metrics.gateway().windows(records.len() as u64, 0);
-                debug!(%stream, windows = records.len(), "aggregation windows appended");
+                if stream.kind == StreamKind::Aggregates {
+                    self.metrics.gateway().windows(records.len() as u64, 0);
+                }
+                debug!(%stream, records = records.len(), "windows appended");
             } else {
                 warn!(%stream, why = ?result.rejected, "aggregation windows not appended yet; retrying");
                 self.windows_pending.insert(stream, records);

@@ -50,14 +50,19 @@ use verge_proto::stream::validate_sensor;
 use crate::{Reading, ReadingError};
 
 /// Column names of a window's record, in order (see [`Window::to_record`]).
-pub const WINDOW_COLUMNS: [&str; 6] = [
+pub const WINDOW_COLUMNS: [&str; 7] = [
     "vehicle_count",
     "mean_occupancy",
     "mean_speed",
     "max_queue",
     "readings",
     "late",
+    "predicted_next_count",
 ];
+
+/// The `predicted_next_count` of a window for which the node made no prediction (no model, or
+/// the model failed).
+pub const NO_PREDICTION: f64 = -1.0;
 
 /// The mean speed of a window in which no vehicle passed.
 pub const NO_SPEED: f64 = -1.0;
@@ -283,8 +288,9 @@ pub struct Window {
 impl Window {
     /// The record appended to the approach's aggregate stream: `ts_ms` is the window's start,
     /// and the values are [`WINDOW_COLUMNS`] in order: vehicle count, mean occupancy, mean speed,
-    /// max queue, readings, late.
-    pub fn to_record(&self) -> Record {
+    /// max queue, readings, late, and the node's prediction of the next window's vehicle count
+    /// ([`NO_PREDICTION`] if it made none).
+    pub fn to_record(&self, predicted_next_count: Option<f64>) -> Record {
         Record {
             ts_ms: self.start_ms,
             values: vec![
@@ -294,6 +300,7 @@ impl Window {
                 self.max_queue,
                 self.readings as f64,
                 self.late as f64,
+                predicted_next_count.unwrap_or(NO_PREDICTION),
             ],
         }
     }
@@ -667,13 +674,13 @@ mod tests {
             (1, 0.0, NO_SPEED)
         );
         assert_eq!(
-            north.to_record(),
+            north.to_record(Some(7.5)),
             Record {
                 ts_ms: 0,
-                values: vec![6.0, 15.0, 8.0, 4.0, 2.0, 0.0]
+                values: vec![6.0, 15.0, 8.0, 4.0, 2.0, 0.0, 7.5]
             }
         );
-        assert_eq!(WINDOW_COLUMNS.len(), north.to_record().values.len());
+        assert_eq!(WINDOW_COLUMNS.len(), north.to_record(None).values.len());
     }
 
     #[test]
@@ -725,8 +732,8 @@ mod tests {
         );
         let empty = &w[3];
         assert_eq!(
-            empty.to_record().values,
-            vec![0.0, 0.0, NO_SPEED, 0.0, 0.0, 0.0]
+            empty.to_record(None).values,
+            vec![0.0, 0.0, NO_SPEED, 0.0, 0.0, 0.0, NO_PREDICTION]
         );
         // A detector in no approach starts the unassigned approach's windows.
         assert_eq!(agg.approach_of("x9"), "all");

@@ -1,0 +1,151 @@
+//! Predictions of each approach's next-window vehicle count, made as its windows close.
+//!
+//! [`Predictor`] keeps the last [`features::K`] window records of every approach, builds the
+//! model's feature row for each window that closes (the approach's own windows; the upstream
+//! slots stay empty until neighbours share their predictions), and runs all the approaches that
+//! closed together as one batch through the model (a few microseconds). The store actor appends
+//! each prediction to the approach's results stream (`<node>/results/<approach>`, stamped with
+//! the start of the window it predicts) and into the closed window's own record
+//! (`predicted_next_count`), which the gateway syncs to the cloud.
+//!
+//! # The rules
+//! - **A model that cannot be loaded does not stop the node**: the error names the file and the
+//!   mismatch, is logged and counted (`verge_model_loads_total{result="failed"}`), and windows
+//!   carry [`NO_PREDICTION`](verge_traffic::window::NO_PREDICTION) instead; data keeps flowing.
+//! - **A prediction is a count**: a negative model output is stored as 0; a non-finite one, or a
+//!   failed batch, is no prediction (counted in `verge_predictions_total{result="failed"}`).
+//! - **History survives a restart**: an approach with no history yet is seeded from the last
+//!   windows of its stored aggregate stream.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
+
+use tracing::{error, info, warn};
+use verge_infer::{Registry, features};
+use verge_proto::Record;
+use verge_traffic::window::Window;
+
+use crate::metrics::Metrics;
+
+/// Predicts each approach's next-window vehicle count from its last windows.
+#[derive(Debug)]
+pub struct Predictor {
+    registry: Registry,
+    /// The loaded model's name, `None` if it could not be loaded.
+    model: Option<String>,
+    window_ms: i64,
+    /// The last [`features::K`] window records per approach, oldest first.
+    recent: BTreeMap<String, VecDeque<Record>>,
+    metrics: Metrics,
+}
+
+impl Predictor {
+    /// Loads the model whose manifest is `path`; on failure, logs and counts it and predicts
+    /// nothing.
+    pub fn load(path: &Path, window_ms: u64, metrics: Metrics) -> Self {
+        let registry = Registry::new();
+        let model = match registry.load(path, Some(&features::SIGNATURE)) {
+            Ok(m) => {
+                info!(
+                    model = m.name(),
+                    version = m.version(),
+                    manifest = %path.display(),
+                    "model loaded"
+                );
+                metrics.model_load(true);
+                Some(m.name().to_owned())
+            }
+            Err(e) => {
+                error!("the model cannot be loaded, so windows carry no prediction: {e}");
+                metrics.model_load(false);
+                None
+            }
+        };
+        Self {
+            registry,
+            model,
+            window_ms: i64::try_from(window_ms).unwrap_or(i64::MAX),
+            recent: BTreeMap::new(),
+            metrics,
+        }
+    }
+
+    /// The loaded model's name and version.
+    pub fn model(&self) -> Option<(String, String)> {
+        let name = self.model.as_ref()?;
+        let model = self.registry.get(name)?;
+        Some((model.name().to_owned(), model.version().to_owned()))
+    }
+
+    /// Whether `approach` has no history yet (the caller seeds it from the stored stream).
+    pub fn needs_history(&self, approach: &str) -> bool {
+        self.model.is_some() && !self.recent.contains_key(approach)
+    }
+
+    /// Seeds `approach`'s history with its stored window records, oldest first.
+    pub fn seed(&mut self, approach: &str, records: Vec<Record>) {
+        let recent = self.recent.entry(approach.to_owned()).or_default();
+        for r in records {
+            push_bounded(recent, r);
+        }
+    }
+
+    /// Adds the closed `windows` to their approaches' history and predicts the next window of
+    /// each: one entry per window, `None` where no prediction was made.
+    pub fn predict(&mut self, windows: &[Window]) -> Vec<Option<f64>> {
+        let mut out = vec![None; windows.len()];
+        let Some(name) = self.model.clone() else {
+            return out;
+        };
+        let mut rows = Vec::with_capacity(windows.len() * features::FEATURES);
+        let mut row_of = Vec::with_capacity(windows.len());
+        for (i, w) in windows.iter().enumerate() {
+            let recent = self.recent.entry(w.approach.clone()).or_default();
+            push_bounded(recent, w.to_record(None));
+            let history: Vec<Record> = recent.iter().cloned().collect();
+            match features::build(&history, w.start_ms, self.window_ms, &[]) {
+                Ok(row) => {
+                    rows.extend_from_slice(&row);
+                    row_of.push(i);
+                }
+                Err(e) => {
+                    self.metrics.predictions(false, 1);
+                    warn!(approach = %w.approach, "no prediction for this window: {e}");
+                }
+            }
+        }
+        if row_of.is_empty() {
+            return out;
+        }
+        match self.registry.predict(&name, &rows) {
+            Ok(predicted) => {
+                let mut failed = 0;
+                for (i, p) in row_of.into_iter().zip(predicted) {
+                    if p.is_finite() {
+                        out[i] = Some(f64::from(p.max(0.0)));
+                    } else {
+                        failed += 1;
+                    }
+                }
+                let made = out.iter().filter(|p| p.is_some()).count() as u64;
+                self.metrics.predictions(true, made);
+                if failed > 0 {
+                    self.metrics.predictions(false, failed);
+                    warn!(failed, "the model answered a non-finite prediction");
+                }
+            }
+            Err(e) => {
+                self.metrics.predictions(false, row_of.len() as u64);
+                warn!("prediction failed: {e}");
+            }
+        }
+        out
+    }
+}
+
+fn push_bounded(recent: &mut VecDeque<Record>, record: Record) {
+    recent.push_back(record);
+    while recent.len() > features::K {
+        recent.pop_front();
+    }
+}
