@@ -138,11 +138,7 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
             cfg.aggregation.clone(),
             clock.clone(),
         );
-        if windows.approaches.is_empty()
-            && let Some(approaches) = sensing::sumo_approaches(&cfg.sensors)
-        {
-            windows.approaches = approaches;
-        }
+        sensing::sumo_windows(&cfg.sensors, &mut windows);
         // Loading a model builds its plans: before the store's thread starts, not on it.
         let predictor = cfg
             .inference

@@ -28,7 +28,7 @@
 //! - **Event time.** A replay or simulation that runs faster than real time sets the
 //!   [`EventClock`], which the store's aggregation windows follow.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
@@ -42,6 +42,7 @@ use tracing::{debug, info, warn};
 use verge_proto::admin::SensorStatus;
 use verge_traffic::replay::{ReplayConfig, ReplaySource, declared_detectors};
 use verge_traffic::traci::{TraciConfig, TraciSource};
+use verge_traffic::window::WindowConfig;
 use verge_traffic::{Reading, SyntheticSource, Validator, detector};
 
 use crate::config::{ReplaySection, SensorsSection, TraciSection};
@@ -108,21 +109,39 @@ pub fn declared_for(file: &Path, tls: &[String]) -> Result<Vec<String>, String> 
         .collect())
 }
 
-/// The aggregation approaches (incoming edge to its detectors) of a SUMO source with a
-/// detectors file, for a node whose config lists none; `None` for other sources or when the file
-/// cannot be read (the source reports that itself).
-pub fn sumo_approaches(sensors: &SensorsSection) -> Option<BTreeMap<String, Vec<String>>> {
+/// Fills in the aggregation windows of a SUMO source with a detectors file, where the config
+/// leaves them empty: the approaches (incoming road to its detectors) and, as uncounted, the
+/// lane-area (E2) detectors, whose vehicles the same lane's induction loop already counts. Does
+/// nothing for other sources or when the file cannot be read (the source reports that itself).
+pub fn sumo_windows(sensors: &SensorsSection, windows: &mut WindowConfig) {
     let (file, tls) = match (&sensors.replay, &sensors.traci) {
         (Some(r), _) => (r.detectors.clone(), r.tls.clone()),
-        (None, Some(t)) => (t.detectors.clone()?, vec![t.tls.clone()]),
-        (None, None) => return None,
+        (None, Some(t)) => match &t.detectors {
+            Some(d) => (d.clone(), vec![t.tls.clone()]),
+            None => return,
+        },
+        (None, None) => return,
     };
-    let ids = declared_for(&file, &tls).ok()?;
-    let mut approaches = BTreeMap::new();
-    for t in &tls {
-        approaches.extend(detector::approaches_for(t, ids.iter().map(String::as_str)));
+    let Ok(ids) = declared_for(&file, &tls) else {
+        return;
+    };
+    if windows.approaches.is_empty() {
+        for t in &tls {
+            windows
+                .approaches
+                .extend(detector::approaches_for(t, ids.iter().map(String::as_str)));
+        }
     }
-    Some(approaches)
+    if windows.uncounted.is_empty() {
+        windows.uncounted = ids
+            .iter()
+            .filter(|id| {
+                detector::DetectorId::parse(id)
+                    .is_some_and(|d| d.kind == detector::DetectorKind::E2)
+            })
+            .cloned()
+            .collect();
+    }
 }
 
 /// A source that failed and when it may try again.

@@ -35,13 +35,16 @@
 //! - **Readings stamped too far ahead** of the clock (more than `ahead_ms_max` past the last
 //!   [`Aggregator::advance`]) are refused ([`PushError::TooFarAhead`]), so one detector with a
 //!   wrong clock cannot close every window early and make all the others late.
+//! - **Uncounted detectors** (`uncounted`) add to a window's occupancy and queue only: a
+//!   lane-area detector over a lane whose induction loop already counts its vehicles would
+//!   otherwise count them twice.
 //! - **Mean speed** is the vehicle-weighted mean over readings that saw vehicles:
 //!   `sum(speed * count) / sum(count)` over readings with `count > 0`. A reading with no vehicles
 //!   carries no speed (SUMO reports -1, the synthetic source a made-up value), so it is left out;
 //!   with no vehicles at all the window's speed is [`NO_SPEED`] (-1, SUMO's own convention),
 //!   never 0, which would read as a standstill. Mean occupancy is the plain mean over readings.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 use verge_proto::Record;
@@ -102,6 +105,11 @@ pub struct WindowConfig {
     /// skipped. Default 360 (an hour of 10 s windows).
     #[serde(default = "default_idle_windows")]
     pub idle_windows_max: u64,
+    /// Detectors whose readings count towards a window's occupancy and queue but not its
+    /// vehicle count or mean speed: a lane-area (E2) detector over the same lane as an
+    /// induction loop (E1) sees the same vehicles, which the loop already counts. Default none.
+    #[serde(default)]
+    pub uncounted: BTreeSet<String>,
 }
 
 fn default_window_ms() -> u64 {
@@ -129,6 +137,7 @@ impl Default for WindowConfig {
             unassigned_approach: default_unassigned(),
             ahead_ms_max: default_ahead_ms(),
             idle_windows_max: default_idle_windows(),
+            uncounted: BTreeSet::new(),
         }
     }
 }
@@ -496,13 +505,16 @@ impl Aggregator {
                 closed_until_ms: open_from,
             });
         }
+        let counted = !self.cfg.uncounted.contains(&reading.sensor);
         let acc = self.open.entry((start, a)).or_default();
         acc.readings += 1;
-        acc.count += reading.count;
         acc.occupancy += reading.occupancy;
-        if reading.count > 0.0 {
-            acc.speed_weighted += reading.speed * reading.count;
-            acc.speed_vehicles += reading.count;
+        if counted {
+            acc.count += reading.count;
+            if reading.count > 0.0 {
+                acc.speed_weighted += reading.speed * reading.count;
+                acc.speed_vehicles += reading.count;
+            }
         }
         acc.max_queue = acc.max_queue.max(reading.queue);
         Ok(())
@@ -767,6 +779,25 @@ mod tests {
         let w = agg.advance(32_000);
         assert_eq!(w[0].start_ms, 20_000);
         assert_eq!((w[0].readings, w[0].late), (1, 1));
+    }
+
+    #[test]
+    fn an_uncounted_detector_adds_occupancy_and_queue_but_no_vehicles() {
+        let mut agg = Aggregator::new(WindowConfig {
+            uncounted: ["n1".to_string()].into_iter().collect(),
+            ..cfg()
+        })
+        .expect("valid");
+        agg.push(&r("n0", 1_000, 2.0, 10.0)).expect("counted");
+        let mut area = r("n1", 2_000, 5.0, 1.0);
+        area.queue = 3.0;
+        agg.push(&area).expect("counted");
+        let w = agg.advance(12_000);
+        let north = &w[0];
+        assert_eq!(north.readings, 2);
+        assert_eq!(north.vehicle_count, 2.0, "only the loop counts");
+        assert_eq!(north.mean_speed, 10.0, "only the loop's speed");
+        assert_eq!(north.max_queue, 3.0, "the area detector's queue");
     }
 
     #[test]
