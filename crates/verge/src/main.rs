@@ -202,6 +202,26 @@ enum BenchCommand {
     /// SUMO detector rows one node ingests per second (parse, validate, store, replicate)
     /// against parsing and validating alone.
     Replay(bench_replay::BenchReplayArgs),
+    /// The default model through tract at batch 1 and 64 against onnxruntime (Python, one
+    /// thread) on the same inputs, when onnxruntime is installed.
+    Infer(BenchInferArgs),
+}
+
+/// Options of `verge bench infer`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  verge bench infer\n  verge bench infer --manifest models/default-noshare/model.toml --no-ort"
+)]
+struct BenchInferArgs {
+    /// The model's manifest; default: the repository's default model.
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// Seconds per batch size.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Skip the onnxruntime baseline.
+    #[arg(long)]
+    no_ort: bool,
 }
 
 fn init_logging(format: LogFormat) {
@@ -360,6 +380,22 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(BenchCommand::Gateway(args)) => {
             runtime()?.block_on(bench_gateway::run(&args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Infer(args)) => {
+            let mut cfg = verge_infer::bench::BenchConfig::default();
+            if let Some(m) = args.manifest {
+                cfg.manifest = m;
+            }
+            if !(args.seconds > 0.0 && args.seconds < 600.0) {
+                anyhow::bail!("--seconds must be above 0 and below 600");
+            }
+            cfg.duration = std::time::Duration::from_secs_f64(args.seconds);
+            if args.no_ort {
+                cfg.ort_script = None;
+            }
+            let report = verge_infer::bench::run_with(&cfg)?;
+            println!("{report}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Replay(args)) => {
