@@ -102,8 +102,7 @@ impl Predictor {
         for (i, w) in windows.iter().enumerate() {
             let recent = self.recent.entry(w.approach.clone()).or_default();
             push_bounded(recent, w.to_record(None));
-            let history: Vec<Record> = recent.iter().cloned().collect();
-            match features::build(&history, w.start_ms, self.window_ms, &[]) {
+            match features::build(recent.make_contiguous(), w.start_ms, self.window_ms, &[]) {
                 Ok(row) => {
                     rows.extend_from_slice(&row);
                     row_of.push(i);
