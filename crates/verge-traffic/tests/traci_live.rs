@@ -267,11 +267,15 @@ async fn a_source_stops_cleanly_when_the_simulation_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_and_lost_connections_are_retryable_errors() {
-    // Nobody listens on a port that was just free.
-    let addr: SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
+    // A port held bound but never listening: connecting is refused, and neither another test's
+    // SUMO nor the kernel's choice of source port (a TCP self-connect) can take it meanwhile.
+    let held = tokio::net::TcpSocket::new_v4().expect("socket");
+    held.bind(([127, 0, 0, 1], 0).into()).expect("bind");
+    let addr: SocketAddr = held.local_addr().expect("addr");
     let e = TraciSource::connect(TraciConfig::new(addr, "A0", 1))
         .await
         .expect_err("refused");
+    drop(held);
     assert_eq!(e.kind(), "connect");
     assert!(e.is_retryable(), "{e}");
 
