@@ -236,6 +236,8 @@ struct Shared {
     sensors: crate::sensing::SensorBoard,
     /// The node's configuration, for the gateway view.
     cfg: NodeConfig,
+    /// Model bundles kept and what this node runs.
+    models: ModelParts,
 }
 
 impl Shared {
@@ -273,6 +275,17 @@ pub struct Wiring {
     pub board: crate::gateway::SyncBoard,
     /// The sensor source's status.
     pub sensors: crate::sensing::SensorBoard,
+    /// Model bundles kept and what this node runs.
+    pub models: ModelParts,
+}
+
+/// The node's model bundles and what it runs (see [`crate::models`]).
+#[derive(Debug, Clone)]
+pub struct ModelParts {
+    /// Bundles kept under data_dir/models.
+    pub cache: Arc<crate::models::ModelCache>,
+    /// What this node runs.
+    pub board: crate::models::ModelBoard,
 }
 
 impl NetworkActor {
@@ -292,6 +305,7 @@ impl NetworkActor {
             control,
             board,
             sensors,
+            models,
         } = wiring;
         let heartbeat = Duration::from_millis(cfg.membership.heartbeat_ms);
         let shared = Shared {
@@ -310,6 +324,7 @@ impl NetworkActor {
             board,
             sensors,
             cfg: cfg.clone(),
+            models,
         };
         Self {
             shared: Arc::new(shared),
@@ -453,6 +468,11 @@ async fn answer_peer(s: &Shared, from: &NodeId, req: PeerRequest) -> PeerReply {
                 s.info.id
             )),
         },
+        PeerRequest::ModelBundle { digest } => match s.models.cache.get(&digest) {
+            Some(bytes) => PeerReply::ModelBundle(bytes.into()),
+            None => PeerReply::Error(format!("node {} keeps no model bundle {digest}", s.info.id)),
+        },
+        PeerRequest::Models => PeerReply::Models(s.models.board.report(&s.info.id)),
         PeerRequest::Streams { kind } => match s.store.send(crate::storage::ListStreams).await {
             Ok(views) => PeerReply::Streams(
                 views
@@ -588,6 +608,8 @@ async fn answer_admin(s: &Shared, req: AdminRequest) -> AdminResponse {
             AdminResponse::Gateway(crate::gateway::gateway_view(&s.cfg, s.control.as_ref()))
         }
         AdminRequest::GatewayTransfer { to } => gateway_transfer(s, to).await,
+        AdminRequest::ModelDeploy { bundle } => model_deploy(s, bundle).await,
+        AdminRequest::Models => AdminResponse::Models(models_view(s).await),
         AdminRequest::SetDrain { node, drained } => set_drain(s, node, drained).await,
         AdminRequest::Sync => AdminResponse::Sync(s.board.get().unwrap_or_else(|| SyncView {
             node: s.info.id.clone(),
@@ -640,6 +662,150 @@ async fn gateway_transfer(s: &Shared, to: NodeId) -> AdminResponse {
         Err(e) => AdminResponse::Error {
             message: e.to_string(),
         },
+    }
+}
+
+/// Checks a model on the gateway, keeps it, and records it through the control plane.
+async fn model_deploy(s: &Shared, bundle: verge_proto::model::ModelBundle) -> AdminResponse {
+    use crate::models::ModelError;
+    let control = match leading_control(s) {
+        Ok(c) => c,
+        Err(message) => return AdminResponse::Error { message },
+    };
+    let name = bundle.name.clone();
+    let refused = |e: ModelError| {
+        warn!(model = %name, "refused a model deploy: {e}");
+        s.metrics.model_load(false);
+        AdminResponse::Error {
+            message: format!("model `{name}` refused: {e}"),
+        }
+    };
+    let bytes = match verge_proto::encode_body(&bundle) {
+        Ok(b) => b,
+        Err(e) => {
+            return AdminResponse::Error {
+                message: format!("model `{name}` does not encode: {e}"),
+            };
+        }
+    };
+    // A node passes the bundle on in one reply frame, with room for the frame's own fields.
+    let max = s.frame_max().saturating_sub(1024);
+    if bytes.len() > max {
+        return refused(ModelError::TooLarge {
+            bytes: bytes.len(),
+            max,
+        });
+    }
+    let digest = crate::models::digest(&bytes);
+    let (cache, d, n) = (s.models.cache.clone(), digest.clone(), name.clone());
+    let checked = tokio::task::spawn_blocking(move || cache.load(&d, &bundle, &n)).await;
+    match checked {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return refused(e),
+        Err(e) => {
+            return AdminResponse::Error {
+                message: format!("the model check did not finish: {e}"),
+            };
+        }
+    }
+    if let Err(e) = s.models.cache.put(&digest, &bytes) {
+        return AdminResponse::Error {
+            message: e.to_string(),
+        };
+    }
+    let current = control.state().models.get(&name).cloned();
+    let version = match &current {
+        Some(c) if c.digest == digest => {
+            return AdminResponse::ModelDeployed {
+                model: verge_proto::model::DeployedModel {
+                    name,
+                    version: c.version,
+                    digest,
+                    bytes: c.size,
+                },
+                changed: false,
+            };
+        }
+        Some(c) => c.version + 1,
+        None => 1,
+    };
+    let cmd = verge_control::Command::SetModel {
+        name: name.clone(),
+        version,
+        digest: digest.clone(),
+        size: bytes.len() as u64,
+    };
+    match control.propose(cmd).await {
+        Ok(verge_control::Response::Model {
+            name,
+            version,
+            changed,
+        }) => {
+            info!(model = %name, version = version.version, digest = %version.digest, "model deployed");
+            AdminResponse::ModelDeployed {
+                model: verge_proto::model::DeployedModel {
+                    name,
+                    version: version.version,
+                    digest: version.digest,
+                    bytes: version.size,
+                },
+                changed,
+            }
+        }
+        Ok(verge_control::Response::Refused(r)) => AdminResponse::Error {
+            message: format!("{r} (another deploy of `{name}` may have won; try again)"),
+        },
+        Ok(other) => AdminResponse::Error {
+            message: format!("unexpected answer from the control plane: {other:?}"),
+        },
+        Err(e) => AdminResponse::Error {
+            message: e.to_string(),
+        },
+    }
+}
+
+/// The recorded model versions and every node's report, asking the peers in parallel.
+async fn models_view(s: &Shared) -> verge_proto::model::ModelsView {
+    let deployed = s
+        .control
+        .as_ref()
+        .map(|c| c.state().models)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, v)| verge_proto::model::DeployedModel {
+            name,
+            version: v.version,
+            digest: v.digest,
+            bytes: v.size,
+        })
+        .collect();
+    let mut asks = tokio::task::JoinSet::new();
+    for peer in s.links.peers().cloned() {
+        let links = s.links.clone();
+        asks.spawn(async move {
+            let answer = match links
+                .request(&peer, PeerRequest::Models, Duration::from_secs(2))
+                .await
+            {
+                Ok(PeerReply::Models(m)) => Ok(m),
+                Ok(PeerReply::Error(e)) => Err(e),
+                Ok(_) => Err("answered something else".to_owned()),
+                Err(e) => Err(e.to_string()),
+            };
+            (peer, answer)
+        });
+    }
+    let mut nodes = vec![(s.info.id.clone(), Ok(s.models.board.report(&s.info.id)))];
+    while let Some(done) = asks.join_next().await {
+        if let Ok(pair) = done {
+            nodes.push(pair);
+        }
+    }
+    nodes.sort_by(|a, b| a.0.cmp(&b.0));
+    verge_proto::model::ModelsView {
+        node: s.info.id.clone(),
+        deployed,
+        nodes,
     }
 }
 

@@ -13,6 +13,7 @@ mod http;
 pub mod links;
 pub mod membership;
 pub mod metrics;
+pub mod models;
 pub mod prediction;
 pub mod sensing;
 pub mod storage;
@@ -23,6 +24,7 @@ use actix::Actor;
 use tracing::{error, info, warn};
 use verge_net::{Net, NetError};
 use verge_pki::{NodeTls, PkiError};
+use verge_proto::model::RunningModel;
 
 pub use config::{ConfigError, NodeConfig};
 
@@ -75,6 +77,9 @@ pub enum NodeError {
     /// The gateway's cloud sync could not be set up.
     #[error(transparent)]
     Gateway(#[from] gateway::GatewayError),
+    /// The model directory under data_dir cannot be used.
+    #[error("cannot use the model directory (key data_dir): {0}")]
+    Models(#[from] models::ModelError),
     /// The async runtime could not be built.
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
@@ -129,6 +134,8 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
     let store_arbiter = actix::Arbiter::new();
     let (outboxes, outbox_rx) = storage::outboxes(cfg.peers.iter().map(|p| &p.id));
     let clock = storage::EventClock::default();
+    let model_cache = std::sync::Arc::new(models::ModelCache::open(cfg.data_dir.join("models"))?);
+    let model_board = models::ModelBoard::default();
     let store = {
         let (me, scfg, rcfg, m, mut windows, clock) = (
             cfg.id.clone(),
@@ -139,19 +146,33 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
             clock.clone(),
         );
         sensing::sumo_windows(&cfg.sensors, &mut windows);
-        // Loading a model builds its plans: before the store's thread starts, not on it.
-        let predictor = cfg
-            .inference
-            .as_ref()
-            .map(|i| prediction::Predictor::load(&i.model, windows.window_ms, metrics.clone()));
-        storage::StoreActor::start_in_arbiter(&store_arbiter.handle(), move |_| {
-            let actor = storage::StoreActor::new(store, me, scfg, rcfg, m, outboxes)
-                .with_windows(windows)
-                .with_clock(clock);
-            match predictor {
-                Some(p) => actor.with_predictor(p),
-                None => actor,
+        // Loading a model builds its plans: before the store's thread starts, not on it. A node
+        // without one still gets a predictor, for a model deployed later.
+        let predictor = match &cfg.inference {
+            Some(i) => {
+                let p = prediction::Predictor::load(&i.model, windows.window_ms, metrics.clone());
+                match p.model() {
+                    Some((name, model_version)) => model_board.loaded(RunningModel {
+                        name,
+                        model_version,
+                        cluster_version: None,
+                        digest: None,
+                        serving: true,
+                    }),
+                    None => model_board.problem(
+                        "config",
+                        format!("{} does not load (see the node's log)", i.model.display()),
+                    ),
+                }
+                p
             }
+            None => prediction::Predictor::empty(windows.window_ms, metrics.clone()),
+        };
+        storage::StoreActor::start_in_arbiter(&store_arbiter.handle(), move |_| {
+            storage::StoreActor::new(store, me, scfg, rcfg, m, outboxes)
+                .with_windows(windows)
+                .with_clock(clock)
+                .with_predictor(predictor)
         })
     };
     membership.do_send(actors::WatchLiveness {
@@ -171,6 +192,14 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
     let control = gateway::start_control(&cfg, &links).await?;
     let board = gateway::SyncBoard::default();
     if let Some(control) = &control {
+        models::spawn_watcher(models::WatcherDeps {
+            control: control.clone(),
+            links: links.clone(),
+            cache: model_cache.clone(),
+            store: store.clone(),
+            board: model_board.clone(),
+            metrics: metrics.clone(),
+        });
         gateway::spawn(gateway::GatewayDeps {
             cfg: cfg.clone(),
             control: control.clone(),
@@ -191,6 +220,10 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
             control: control.clone(),
             board,
             sensors,
+            models: actors::ModelParts {
+                cache: model_cache,
+                board: model_board,
+            },
         },
         metrics.clone(),
         actors::NodeInfo {

@@ -19,9 +19,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
+use std::sync::Arc;
 
 use tracing::{error, info, warn};
-use verge_infer::{Registry, features};
+use verge_infer::{Model, Registry, features};
 use verge_proto::Record;
 use verge_traffic::window::Window;
 
@@ -31,7 +32,7 @@ use crate::metrics::Metrics;
 #[derive(Debug)]
 pub struct Predictor {
     registry: Registry,
-    /// The loaded model's name, `None` if it could not be loaded.
+    /// The name of the model that predicts; `None` until one is loaded.
     model: Option<String>,
     window_ms: i64,
     /// The last [`features::K`] window records per approach, oldest first.
@@ -70,7 +71,33 @@ impl Predictor {
         }
     }
 
-    /// The loaded model's name and version.
+    /// A predictor with no model yet (predicting nothing until one is installed).
+    pub fn empty(window_ms: u64, metrics: Metrics) -> Self {
+        Self {
+            registry: Registry::new(),
+            model: None,
+            window_ms: i64::try_from(window_ms).unwrap_or(i64::MAX),
+            recent: BTreeMap::new(),
+            metrics,
+        }
+    }
+
+    /// Installs a deployed model, replacing the loaded one of its name. Returns whether it
+    /// predicts from now on: it does if it has the name of the model that predicted so far, or
+    /// if none did. The switch happens between two calls of [`Predictor::predict`].
+    pub fn install(&mut self, model: Arc<Model>) -> bool {
+        let name = model.name().to_owned();
+        self.registry.insert(model);
+        match &self.model {
+            Some(serving) if *serving != name => false,
+            _ => {
+                self.model = Some(name);
+                true
+            }
+        }
+    }
+
+    /// The predicting model's name and version.
     pub fn model(&self) -> Option<(String, String)> {
         let name = self.model.as_ref()?;
         let model = self.registry.get(name)?;

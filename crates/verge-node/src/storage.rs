@@ -1290,6 +1290,24 @@ impl Handler<Ingest> for StoreActor {
     }
 }
 
+/// Installs a deployed model into the predictor (see [`crate::models`]); answers whether it
+/// predicts from now on.
+#[derive(Debug, Message)]
+#[rtype(result = "bool")]
+pub struct InstallModel {
+    /// The loaded, checked model.
+    pub model: std::sync::Arc<verge_infer::Model>,
+}
+
+impl Handler<InstallModel> for StoreActor {
+    type Result = bool;
+    fn handle(&mut self, msg: InstallModel, _: &mut Self::Context) -> bool {
+        self.predictor
+            .as_mut()
+            .is_some_and(|p| p.install(msg.model))
+    }
+}
+
 impl Handler<ListStreams> for StoreActor {
     type Result = MessageResult<ListStreams>;
     fn handle(&mut self, _: ListStreams, _: &mut Self::Context) -> Self::Result {

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::{DeployedModel, ModelBundle, ModelsView};
 use crate::{NodeId, Record, StreamId};
 
 /// The ALPN protocol id for admin connections.
@@ -62,6 +63,15 @@ pub enum AdminRequest {
     /// The cloud sync as this node runs it: backlog per stream, last acknowledged batch, cloud
     /// reachability and term. Meaningful on the gateway; other nodes say they do not sync.
     Sync,
+    /// Deploys a model to every node: the gateway checks that it loads, keeps it, and records
+    /// it through the control plane; every node then fetches it and switches to it. Only the
+    /// gateway carries it out, like [`AdminRequest::GatewayTransfer`].
+    ModelDeploy {
+        /// The model.
+        bundle: ModelBundle,
+    },
+    /// The model versions the cluster records and what every node runs.
+    Models,
 }
 
 /// One reading sent by a producer: the sensor and its record (count, occupancy, speed, queue).
@@ -170,6 +180,15 @@ pub enum AdminResponse {
     Gateway(GatewayView),
     /// Answer to [`AdminRequest::Sync`].
     Sync(SyncView),
+    /// Answer to [`AdminRequest::ModelDeploy`]: the version recorded.
+    ModelDeployed {
+        /// The version as recorded.
+        model: DeployedModel,
+        /// `false` when the same bundle was already the recorded version.
+        changed: bool,
+    },
+    /// Answer to [`AdminRequest::Models`].
+    Models(ModelsView),
     /// The request could not be served.
     Error {
         /// What went wrong, worded for an operator.

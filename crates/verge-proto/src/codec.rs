@@ -115,6 +115,12 @@ pub fn encode_frame<T: Serialize>(msg: &T, frame_bytes_max: usize) -> Result<Byt
     Ok(out)
 }
 
+/// Encodes `msg` as a bare body (no length, no version): for values that are stored or hashed
+/// rather than sent, such as a model bundle. [`decode_body`] reads it back.
+pub fn encode_body<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
+    Ok(bincode::serde::encode_to_vec(msg, config())?)
+}
+
 /// Decodes a frame body (the bytes after the version) into a message.
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
     let (msg, used) = bincode::serde::decode_from_slice(body, config())?;

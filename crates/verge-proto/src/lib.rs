@@ -10,13 +10,14 @@
 pub mod admin;
 pub mod codec;
 pub mod id;
+pub mod model;
 pub mod peer;
 pub mod replication;
 pub mod stream;
 
 pub use codec::{
     CodecError, FRAME_BYTES_MAX_DEFAULT, FRAME_HEADER_BYTES, FrameDecoder, PROTOCOL_VERSION,
-    decode_body, encode_frame, encode_frame_into,
+    decode_body, encode_body, encode_frame, encode_frame_into,
 };
 pub use id::{IdError, NodeId};
 pub use stream::{Record, StreamId, StreamIdError, StreamKind};

@@ -72,6 +72,13 @@ pub enum PeerRequest {
         /// The most records.
         limit: u32,
     },
+    /// The model bundle with this digest (hex SHA-256 of its encoding), if the node keeps it.
+    ModelBundle {
+        /// The bundle's digest.
+        digest: String,
+    },
+    /// The models the node runs.
+    Models,
 }
 
 /// One stream as a peer reports it.
@@ -94,6 +101,10 @@ pub enum PeerReply {
     Streams(Vec<PeerStream>),
     /// `(sequence, record)` pairs in order.
     Records(Vec<(u64, Record)>),
+    /// The encoded [`crate::model::ModelBundle`] asked for.
+    ModelBundle(Bytes),
+    /// The models the node runs.
+    Models(crate::model::NodeModels),
     /// The request could not be served.
     Error(String),
 }

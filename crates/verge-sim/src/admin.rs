@@ -10,6 +10,7 @@ use verge_proto::admin::{
     AdminRequest, AdminResponse, GatewayView, IngestAck, IngestReading, MemberView, NodeStatus,
     StreamView, SyncView,
 };
+use verge_proto::model::{DeployedModel, ModelBundle, ModelsView};
 use verge_proto::{Record, StreamId};
 
 /// Why an admin request failed.
@@ -185,6 +186,28 @@ impl AdminClient {
         }
     }
 
+    /// The gateway's admin address as the node at `addr` knows it.
+    pub async fn gateway_addr(&self, addr: SocketAddr) -> Result<SocketAddr, AdminError> {
+        let view = self.gateway(addr).await?;
+        match (&view.gateway, &view.gateway_addr) {
+            (Some(_), Some(a)) => a.parse().map_err(|_| AdminError::Node {
+                addr,
+                message: format!("the node named the gateway's address as `{a}`"),
+            }),
+            (Some(g), None) => Err(AdminError::Node {
+                addr,
+                message: format!("the gateway is {g}, whose address this node does not know"),
+            }),
+            (None, _) => Err(AdminError::Node {
+                addr,
+                message: format!(
+                    "node {} knows of no gateway (role {}): election in progress, or no control plane",
+                    view.node, view.role
+                ),
+            }),
+        }
+    }
+
     /// Sends a gateway operation (transfer, drain) to the gateway: asks `addr` who it is, then
     /// sends `req` there. Returns the gateway's view after the change.
     pub async fn to_gateway(
@@ -192,31 +215,35 @@ impl AdminClient {
         addr: SocketAddr,
         req: AdminRequest,
     ) -> Result<GatewayView, AdminError> {
-        let view = self.gateway(addr).await?;
-        let target = match (&view.gateway, &view.gateway_addr) {
-            (Some(_), Some(a)) => a.parse().map_err(|_| AdminError::Node {
-                addr,
-                message: format!("the node named the gateway's address as `{a}`"),
-            })?,
-            (Some(g), None) => {
-                return Err(AdminError::Node {
-                    addr,
-                    message: format!("the gateway is {g}, whose address this node does not know"),
-                });
-            }
-            (None, _) => {
-                return Err(AdminError::Node {
-                    addr,
-                    message: format!(
-                        "node {} knows of no gateway (role {}): election in progress, or no control plane",
-                        view.node, view.role
-                    ),
-                });
-            }
-        };
+        let target = self.gateway_addr(addr).await?;
         match self.request(target, &req).await? {
             AdminResponse::Gateway(v) => Ok(v),
             _ => Err(AdminError::Unexpected { addr: target }),
+        }
+    }
+
+    /// Deploys a model through the gateway (asked of `addr`); returns the version recorded and
+    /// whether it changed.
+    pub async fn deploy_model(
+        &self,
+        addr: SocketAddr,
+        bundle: ModelBundle,
+    ) -> Result<(DeployedModel, bool), AdminError> {
+        let target = self.gateway_addr(addr).await?;
+        match self
+            .request(target, &AdminRequest::ModelDeploy { bundle })
+            .await?
+        {
+            AdminResponse::ModelDeployed { model, changed } => Ok((model, changed)),
+            _ => Err(AdminError::Unexpected { addr: target }),
+        }
+    }
+
+    /// The model versions the cluster records and what every node runs.
+    pub async fn models(&self, addr: SocketAddr) -> Result<ModelsView, AdminError> {
+        match self.request(addr, &AdminRequest::Models).await? {
+            AdminResponse::Models(v) => Ok(v),
+            _ => Err(AdminError::Unexpected { addr }),
         }
     }
 

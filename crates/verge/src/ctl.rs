@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 use verge_proto::admin::{AdminRequest, GatewayView, MemberView, NodeStatus, SyncView};
+use verge_proto::model::ModelsView;
 use verge_sim::{AdminClient, AdminError};
 
 #[derive(Debug, Args)]
@@ -100,6 +101,33 @@ enum CtlCommand {
         #[arg(long)]
         gateway: bool,
     },
+    /// Models: deploy one to every node through the control plane, or list what each node runs.
+    #[command(
+        after_help = "Examples:\n  verge ctl --config ctl.toml model deploy --name default --file models/default/model.toml\n  verge ctl --config ctl.toml model list"
+    )]
+    Model {
+        #[command(subcommand)]
+        action: ModelAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelAction {
+    /// Deploy a model to every node: the gateway checks that it loads and records it, every node
+    /// fetches it and switches; a model that does not load is refused and the old one serves on.
+    Deploy {
+        /// The model's name (must be the manifest's `name`).
+        #[arg(long)]
+        name: String,
+        /// Its manifest (`model.toml`); the ONNX file it names is sent with it.
+        #[arg(long)]
+        file: PathBuf,
+        /// Wait up to this many seconds until every node runs it (0: do not wait).
+        #[arg(long, default_value_t = 30)]
+        wait: u64,
+    },
+    /// The versions the control plane records and what every node runs.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -251,8 +279,174 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
             };
             client.sync(target).await.map(|v| print_sync(&v, args.json))
         }
+        CtlCommand::Model {
+            action: ModelAction::List,
+        } => client
+            .models(endpoint)
+            .await
+            .map(|v| print_models(&v, args.json)),
+        CtlCommand::Model {
+            action: ModelAction::Deploy { name, file, wait },
+        } => return deploy_model(&client, endpoint, &name, &file, wait, args.json).await,
     };
     report(result)
+}
+
+/// `verge ctl model deploy`: sends the bundle to the gateway, then (with `wait`) watches every
+/// node switch. Exits 1 if a node refused the model or did not switch in time.
+async fn deploy_model(
+    client: &AdminClient,
+    endpoint: SocketAddr,
+    name: &str,
+    file: &Path,
+    wait: u64,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let bundle = verge_node::models::bundle_from_manifest(file)
+        .with_context(|| format!("cannot deploy {}", file.display()))?;
+    if bundle.name != name {
+        bail!(
+            "{} names model `{}`, not `{name}` (--name must be the manifest's name)",
+            file.display(),
+            bundle.name
+        );
+    }
+    let (model, changed) = match client.deploy_model(endpoint, bundle).await {
+        Ok(r) => r,
+        Err(e) => return report(Err(e)),
+    };
+    if !json {
+        println!(
+            "{} model `{}` version {} (digest {}, {} bytes)",
+            if changed {
+                "deployed"
+            } else {
+                "already deployed:"
+            },
+            model.name,
+            model.version,
+            &model.digest[..12.min(model.digest.len())],
+            model.bytes
+        );
+    }
+    let switched = |v: &ModelsView| {
+        v.nodes.iter().all(|(_, r)| {
+            r.as_ref().is_ok_and(|n| {
+                n.models.iter().any(|m| {
+                    m.name == model.name && m.cluster_version.is_some_and(|c| c >= model.version)
+                })
+            })
+        })
+    };
+    let refused = |v: &ModelsView| {
+        let mark = format!("version {} refused", model.version);
+        v.nodes.iter().any(|(_, r)| {
+            r.as_ref()
+                .is_ok_and(|n| n.problems.iter().any(|p| p.contains(&mark)))
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+    let mut view = None;
+    // With `--wait 0` nothing is asked; otherwise ask until settled or out of time.
+    let mut asking = wait > 0;
+    while asking {
+        match client.models(endpoint).await {
+            Ok(v) => {
+                let settled = switched(&v) || refused(&v);
+                view = Some(v);
+                asking = !settled;
+            }
+            Err(e) => eprintln!("cannot list models yet: {e}"),
+        }
+        if std::time::Instant::now() >= deadline {
+            break;
+        }
+        if asking {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+    if json {
+        let out = serde_json::json!({
+            "model": model,
+            "changed": changed,
+            "nodes": view.as_ref().map(|v| &v.nodes),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else if let Some(v) = &view {
+        print_models(v, false)?;
+    }
+    match &view {
+        Some(v) if switched(v) => Ok(ExitCode::SUCCESS),
+        Some(v) if refused(v) => {
+            eprintln!("error: a node refused the model; it keeps its old one (see problems above)");
+            Ok(ExitCode::from(crate::EXIT_FAILED))
+        }
+        Some(_) => {
+            eprintln!(
+                "error: not every node runs version {} after {wait} s",
+                model.version
+            );
+            Ok(ExitCode::from(crate::EXIT_FAILED))
+        }
+        None if wait == 0 => Ok(ExitCode::SUCCESS),
+        None => {
+            eprintln!("error: could not ask the nodes what they run");
+            Ok(ExitCode::from(crate::EXIT_FAILED))
+        }
+    }
+}
+
+fn print_models(v: &ModelsView, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        return Ok(());
+    }
+    let short = |d: &str| d[..12.min(d.len())].to_owned();
+    println!("deployed (control plane, as {} sees it):", v.node);
+    if v.deployed.is_empty() {
+        println!("  none: nodes run the model in their config");
+    }
+    for d in &v.deployed {
+        println!(
+            "  {:<16} version {:<4} digest {}  {} bytes",
+            d.name,
+            d.version,
+            short(&d.digest),
+            d.bytes
+        );
+    }
+    println!(
+        "{:<8} {:<16} {:<14} {:<9} {:<13} SERVING",
+        "NODE", "MODEL", "VERSION", "DEPLOYED", "DIGEST"
+    );
+    let mut problems = Vec::new();
+    for (node, r) in &v.nodes {
+        match r {
+            Ok(n) => {
+                if n.models.is_empty() {
+                    println!("{node:<8} (no model)");
+                }
+                for m in &n.models {
+                    println!(
+                        "{:<8} {:<16} {:<14} {:<9} {:<13} {}",
+                        node.as_str(),
+                        m.name,
+                        m.model_version,
+                        m.cluster_version
+                            .map_or_else(|| "config".to_owned(), |c| c.to_string()),
+                        m.digest.as_deref().map_or_else(|| "-".to_owned(), short),
+                        if m.serving { "yes" } else { "no" }
+                    );
+                }
+                problems.extend(n.problems.iter().map(|p| format!("{node}: {p}")));
+            }
+            Err(e) => println!("{node:<8} (no answer: {e})"),
+        }
+    }
+    for p in problems {
+        println!("problem: {p}");
+    }
+    Ok(())
 }
 
 fn report(result: Result<anyhow::Result<()>, AdminError>) -> anyhow::Result<ExitCode> {

@@ -19,7 +19,7 @@ use verge_pki::ClusterCa;
 use verge_proto::NodeId;
 
 /// Exit code for a failed command.
-const EXIT_FAILED: u8 = 1;
+pub(crate) const EXIT_FAILED: u8 = 1;
 /// Exit code when a node could not be reached or refused the client.
 pub(crate) const EXIT_UNREACHABLE: u8 = 3;
 
