@@ -867,7 +867,10 @@ async fn ingest(s: &Shared, readings: Vec<verge_proto::admin::IngestReading>) ->
     }
     match s
         .store
-        .send(crate::storage::Ingest { readings: valid })
+        .send(crate::storage::Ingest {
+            readings: valid,
+            clock: None,
+        })
         .await
     {
         Ok(Ok(mut result)) => {

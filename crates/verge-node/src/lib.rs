@@ -184,7 +184,6 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
         store.clone(),
         metrics.clone(),
         sensors.clone(),
-        clock,
     ) {
         sensor.start();
     }

@@ -25,8 +25,11 @@
 //!   is not stepped. A batch the store refuses before appending anything (busy, replication
 //!   down) is sent again; one it appended without acknowledging is not (that could store it
 //!   twice), and is logged.
-//! - **Event time.** A replay or simulation that runs faster than real time sets the
-//!   [`EventClock`], which the store's aggregation windows follow.
+//! - **Event time.** A replay or simulation says with each batch how far it has read
+//!   ([`SourceClock`]); the store moves its [`crate::storage::EventClock`] there once the batch
+//!   is in its windows, so a window never closes before its readings arrive, however slow the
+//!   machine. With no readings to send, the progress goes alone ([`SourceTime`]), and only when
+//!   no batch is on the way.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::File;
@@ -47,9 +50,11 @@ use verge_traffic::{Reading, SyntheticSource, Validator, detector};
 
 use crate::config::{ReplaySection, SensorsSection, TraciSection};
 use crate::metrics::Metrics;
-use crate::storage::{EventClock, Ingest, StoreActor, now_ms};
+use crate::storage::{Ingest, SourceClock, SourceTime, StoreActor, now_ms};
 
-/// Batches a sensor may have in flight to the store.
+/// Batches the synthetic source may have in flight to the store. A SUMO source has one at a
+/// time: a batch the store refused and that is sent again must never land after a later one,
+/// whose progress would have moved the windows' clock past it.
 const INFLIGHT_MAX: usize = 4;
 /// How often the source is read.
 const TICK: Duration = Duration::from_millis(10);
@@ -231,10 +236,13 @@ pub struct SensorActor {
     store: Addr<StoreActor>,
     metrics: Metrics,
     board: SensorBoard,
-    clock: EventClock,
+    /// The source's latest progress, and whether the store has it yet (it goes with the next
+    /// batch).
+    progress: Option<(SourceClock, bool)>,
     inflight: usize,
-    /// Batches the store refused before appending, sent again first.
-    held: VecDeque<Vec<Reading>>,
+    /// Batches the store refused before appending, sent again first, with the source's
+    /// progress at the time.
+    held: VecDeque<(Vec<Reading>, Option<SourceClock>)>,
 }
 
 impl SensorActor {
@@ -244,7 +252,6 @@ impl SensorActor {
         store: Addr<StoreActor>,
         metrics: Metrics,
         board: SensorBoard,
-        clock: EventClock,
     ) -> Option<Self> {
         let (source, validator) = if let Some(syn) = &sensors.synthetic {
             let src = SyntheticSource::new(syn.clone());
@@ -291,7 +298,7 @@ impl SensorActor {
             store,
             metrics,
             board,
-            clock,
+            progress: None,
             inflight: 0,
             held: VecDeque::new(),
         })
@@ -300,22 +307,38 @@ impl SensorActor {
     fn tick(&mut self, ctx: &mut Context<Self>) {
         // Back-pressure: while the store is behind, the source is not read, so its readings wait
         // in the source instead of being dropped.
-        if self.inflight >= INFLIGHT_MAX {
-            return;
-        }
-        let readings = match self.held.pop_front() {
-            Some(batch) => batch,
-            None => self.read_source(),
+        let inflight_max = match self.source {
+            Source::Synthetic(_) => INFLIGHT_MAX,
+            Source::Replay { .. } | Source::Traci { .. } => 1,
         };
-        if readings.is_empty() {
+        if self.inflight >= inflight_max {
             return;
         }
+        let (readings, clock) = match self.held.pop_front() {
+            Some(batch) => batch,
+            None => {
+                let readings = self.read_source();
+                if readings.is_empty() {
+                    // Only the source's progress (a gap, or its end), once none of its batches is
+                    // on the way: the store must not pass a batch it has yet to see.
+                    if self.inflight == 0
+                        && let Some(at) = self.take_progress()
+                    {
+                        self.store.do_send(SourceTime(at));
+                    }
+                    return;
+                }
+                let clock = self.take_progress();
+                (readings, clock)
+            }
+        };
         self.inflight += 1;
         // A SUMO source's readings exist once: keep a copy to send again if the store refuses
         // them before appending. Synthetic readings are made up; a refused batch is dropped.
-        let copy = (!matches!(self.source, Source::Synthetic(_))).then(|| readings.clone());
+        let copy =
+            (!matches!(self.source, Source::Synthetic(_))).then(|| (readings.clone(), clock));
         self.store
-            .send(Ingest { readings })
+            .send(Ingest { readings, clock })
             .into_actor(self)
             .map(move |res, act, _| {
                 act.inflight -= 1;
@@ -333,6 +356,17 @@ impl SensorActor {
                 }
             })
             .spawn(ctx);
+    }
+
+    /// The source's progress if the store does not have it yet.
+    fn take_progress(&mut self) -> Option<SourceClock> {
+        match &mut self.progress {
+            Some((at, sent)) if !*sent => {
+                *sent = true;
+                Some(*at)
+            }
+            _ => None,
+        }
     }
 
     /// Reads what the source has ready and returns the readings that pass validation.
@@ -376,8 +410,15 @@ impl SensorActor {
                 }
                 if let ReplayState::Open(src) = state {
                     let polled = src.poll(now);
-                    if let Some(event) = src.replay_now_ms(now) {
-                        self.clock.set(now, event, cfg.speed);
+                    if let Some(event_ms) = polled.through_ms {
+                        self.progress = Some((
+                            SourceClock {
+                                event_ms,
+                                speed: cfg.speed,
+                                finished: false,
+                            },
+                            false,
+                        ));
                     }
                     let errors = polled.errors.len();
                     for (i, e) in polled.errors.iter().enumerate() {
@@ -400,6 +441,10 @@ impl SensorActor {
                             "replay finished: the detector files are read to the end"
                         );
                         *state = ReplayState::Finished;
+                        if let Some((at, sent)) = &mut self.progress {
+                            at.finished = true;
+                            *sent = false;
+                        }
                         self.board.update(|s| s.state = "finished".to_owned());
                     }
                 }
@@ -416,7 +461,14 @@ impl SensorActor {
                             self.board.update(|s| s.state = "running".to_owned());
                         }
                         TraciEvent::Interval { readings, event_ms } => {
-                            self.clock.set(now_ms(), event_ms, *speed);
+                            self.progress = Some((
+                                SourceClock {
+                                    event_ms,
+                                    speed: *speed,
+                                    finished: false,
+                                },
+                                false,
+                            ));
                             raw.extend(readings);
                             // One interval per tick keeps batches small and the store in step.
                             break;
@@ -435,6 +487,10 @@ impl SensorActor {
                         ),
                         TraciEvent::Finished => {
                             info!("the SUMO simulation ended");
+                            if let Some((at, sent)) = &mut self.progress {
+                                at.finished = true;
+                                *sent = false;
+                            }
                             self.board.update(|s| s.state = "finished".to_owned());
                         }
                     }

@@ -121,7 +121,16 @@ impl IngestError {
 pub struct Ingest {
     /// Validated readings, in order per sensor.
     pub readings: Vec<Reading>,
+    /// How far a replayed or simulated source had read when it produced them; the store's
+    /// event clock moves there once they are in their windows. `None` for wall-clock sources.
+    pub clock: Option<SourceClock>,
 }
+
+/// A replayed or simulated source's progress while it delivers no readings (a gap, or its end).
+/// Sent only when none of its batches is in flight or held back.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct SourceTime(pub SourceClock);
 
 /// Flushes what is pending and stops the actor.
 #[derive(Debug, Message)]
@@ -918,12 +927,8 @@ impl StoreActor {
         self.aggregator.as_mut()
     }
 
-    /// Adds stored readings to their windows, after closing the windows event time has passed
-    /// (a replay's clock runs ahead of the 250 ms tick).
+    /// Adds stored readings to their windows.
     fn aggregate(&mut self, readings: &[Reading]) {
-        if self.clock.is_paced() {
-            self.close_windows();
-        }
         let metrics = self.metrics.clone();
         let Some(agg) = self.aggregator() else {
             return;
@@ -1205,7 +1210,7 @@ impl Handler<FromPeer> for StoreActor {
 impl Handler<Ingest> for StoreActor {
     type Result = ResponseFuture<Result<IngestResult, IngestError>>;
 
-    fn handle(&mut self, msg: Ingest, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, mut msg: Ingest, _: &mut Self::Context) -> Self::Result {
         if self.cores.is_none() {
             self.metrics
                 .readings_rejected("store", msg.readings.len() as u64);
@@ -1218,7 +1223,7 @@ impl Handler<Ingest> for StoreActor {
         }
         let mut result = IngestResult::default();
         let mut by_stream: BTreeMap<StreamId, Vec<Reading>> = BTreeMap::new();
-        for r in msg.readings {
+        for r in std::mem::take(&mut msg.readings) {
             match StreamId::new(self.me.clone(), StreamKind::Raw, r.sensor.as_str()) {
                 Ok(stream) => by_stream.entry(stream).or_default().push(r),
                 Err(e) => {
@@ -1226,6 +1231,19 @@ impl Handler<Ingest> for StoreActor {
                     result.rejected.push(e.to_string());
                 }
             }
+        }
+        if self.clock.is_paced() {
+            // A replay's clock runs ahead of the 250 ms tick: close what it has passed, once
+            // for the whole batch. Closing between two of its streams would close windows on
+            // the first stream's latest readings before the second's earlier ones are in.
+            self.close_windows();
+        }
+        if let Some(at) = msg.clock
+            && let Some(agg) = self.aggregator()
+        {
+            // The batch's readings are stamped up to the source's progress, however far past the
+            // windows' clock a slow delivery has left them.
+            agg.expect_through(at.event_ms);
         }
         let id = self.next_producer;
         self.next_producer += 1;
@@ -1247,6 +1265,10 @@ impl Handler<Ingest> for StoreActor {
                     ))
                 });
             }
+        }
+        if let Some(at) = msg.clock {
+            // The batch is in its windows: event time may move past it.
+            self.clock.advance(now_ms(), at);
         }
         let (tx, rx) = oneshot::channel();
         for (stream, first_seq, last_seq) in appended {
@@ -1308,6 +1330,14 @@ impl Handler<InstallModel> for StoreActor {
     }
 }
 
+impl Handler<SourceTime> for StoreActor {
+    type Result = ();
+    fn handle(&mut self, msg: SourceTime, _: &mut Self::Context) {
+        self.clock.advance(now_ms(), msg.0);
+        self.close_windows();
+    }
+}
+
 impl Handler<ListStreams> for StoreActor {
     type Result = MessageResult<ListStreams>;
     fn handle(&mut self, _: ListStreams, _: &mut Self::Context) -> Self::Result {
@@ -1366,8 +1396,11 @@ impl Handler<ReadRange> for StoreActor {
     }
 }
 
-/// Event time: the wall clock, unless a replayed or simulated source runs faster (or slower)
-/// than it, in which case the source sets the pace and the aggregation windows follow it.
+/// Event time: the wall clock, unless a replayed or simulated source sets it. Such a source says
+/// with each batch how far it has read ([`SourceClock`]); the store moves the clock there once
+/// the batch is in its windows, so a window never closes before the readings that belong to it
+/// arrive, however long the machine takes to deliver them. Between batches the clock stands
+/// still; once the source has ended it runs on at the source's speed, so the last windows close.
 #[derive(Debug, Clone, Default)]
 pub struct EventClock(Arc<std::sync::Mutex<Option<Pace>>>);
 
@@ -1376,13 +1409,26 @@ struct Pace {
     wall_ms: i64,
     event_ms: i64,
     speed: f64,
+    /// The source has ended: event time runs on from `event_ms` at `speed`.
+    free: bool,
+}
+
+/// How far a replayed or simulated source has read: every reading it delivers later is stamped
+/// after `event_ms`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SourceClock {
+    /// The source's event time, milliseconds since the Unix epoch.
+    pub event_ms: i64,
+    /// Simulated seconds per wall-clock second.
+    pub speed: f64,
+    /// The source has ended (nothing more will come).
+    pub finished: bool,
 }
 
 impl EventClock {
-    /// At wall time `wall_ms` event time was `event_ms`, and it runs `speed` times the wall
-    /// clock. Event time never goes backwards: an earlier `event_ms` than the clock already
-    /// shows is ignored.
-    pub fn set(&self, wall_ms: i64, event_ms: i64, speed: f64) {
+    /// The source has delivered everything up to `at.event_ms` (at wall time `wall_ms`). Event
+    /// time never goes backwards: an earlier time than the clock shows is ignored.
+    pub fn advance(&self, wall_ms: i64, at: SourceClock) {
         let mut pace = self
             .0
             .lock()
@@ -1390,8 +1436,9 @@ impl EventClock {
         let shown = pace.map(|p| p.at(wall_ms));
         pace.replace(Pace {
             wall_ms,
-            event_ms: shown.map_or(event_ms, |s| s.max(event_ms)),
-            speed,
+            event_ms: shown.map_or(at.event_ms, |s| s.max(at.event_ms)),
+            speed: at.speed,
+            free: at.finished,
         });
     }
 
@@ -1416,7 +1463,44 @@ impl EventClock {
 
 impl Pace {
     fn at(&self, wall_ms: i64) -> i64 {
+        if !self.free {
+            return self.event_ms;
+        }
         let elapsed = wall_ms.saturating_sub(self.wall_ms) as f64 * self.speed;
         self.event_ms.saturating_add(elapsed as i64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(event_ms: i64, finished: bool) -> SourceClock {
+        SourceClock {
+            event_ms,
+            speed: 100.0,
+            finished,
+        }
+    }
+
+    #[test]
+    fn event_time_waits_for_the_source_until_it_ends() {
+        let clock = EventClock::default();
+        assert!(!clock.is_paced());
+        clock.advance(1_000, at(50_000, false));
+        assert!(clock.is_paced());
+        let p = clock.0.lock().map(|p| p.expect("paced")).expect("lock");
+        // However late the next batch comes, the windows wait for it.
+        assert_eq!(p.at(1_000), 50_000);
+        assert_eq!(p.at(61_000), 50_000);
+        // Never backwards.
+        clock.advance(2_000, at(40_000, false));
+        let p = clock.0.lock().map(|p| p.expect("paced")).expect("lock");
+        assert_eq!(p.at(2_000), 50_000);
+        // Once the source has ended, event time runs on at its speed.
+        clock.advance(3_000, at(60_000, true));
+        let p = clock.0.lock().map(|p| p.expect("paced")).expect("lock");
+        assert_eq!(p.at(3_000), 60_000);
+        assert_eq!(p.at(3_010), 61_000);
     }
 }

@@ -563,6 +563,10 @@ pub struct Polled {
     pub readings: Vec<Reading>,
     /// Rows that could not be read, in the order met.
     pub errors: Vec<ReplayError>,
+    /// Every reading stamped at or before this time has been returned, by this poll or an
+    /// earlier one: the replay's watermark. Short of the replay's clock when the poll stopped
+    /// at its budget; `None` when nothing is known yet.
+    pub through_ms: Option<i64>,
 }
 
 /// The contents of one detector file, as [`ReplaySource::new`] takes them.
@@ -596,6 +600,8 @@ pub struct ReplaySource {
     /// Rows dropped by the traffic-light filter.
     filtered: u64,
     errors: u64,
+    /// The watermark: every reading stamped at or before it has been polled.
+    through_ms: Option<i64>,
 }
 
 impl ReplaySource {
@@ -630,6 +636,7 @@ impl ReplaySource {
             anchor: None,
             filtered: 0,
             errors: 0,
+            through_ms: None,
         })
     }
 
@@ -739,22 +746,38 @@ impl ReplaySource {
     fn poll_bounded(&mut self, now_ms: i64, readings_max: usize, rows_max: usize) -> Polled {
         let mut out = Polled::default();
         let mut budget = rows_max;
+        // Whether the poll stopped because it reached the replay's clock or the end (rather than
+        // a budget), so that everything up to the clock has been returned.
+        let mut caught_up = false;
         while out.readings.len() < readings_max {
             self.fill(&mut out.errors, &mut budget);
             // A feed still reading ahead (the row budget ran out) may hold an earlier row.
             if !self.all_ready() {
                 break;
             }
-            let Some(i) = self.earliest() else { break };
+            let Some(i) = self.earliest() else {
+                caught_up = true;
+                break;
+            };
             let ts = self.feeds[i].next.as_ref().map_or(0, |r| r.ts_ms);
             let (_, ts0) = *self.anchor.get_or_insert((now_ms, ts));
             if ts > self.replay_now_ms(now_ms).unwrap_or(ts0) {
+                caught_up = true;
                 break;
             }
             if let Some(r) = self.feeds[i].next.take() {
                 out.readings.push(r);
             }
         }
+        // Readings come in time order, so after a budget stop only rows stamped at or after the
+        // last one returned can remain.
+        let through = if caught_up {
+            self.replay_now_ms(now_ms)
+        } else {
+            out.readings.last().map(|r| r.ts_ms - 1)
+        };
+        self.through_ms = self.through_ms.max(through);
+        out.through_ms = self.through_ms;
         out
     }
 }
@@ -1041,6 +1064,35 @@ mod tests {
         let mut src =
             ReplaySource::new(input(E1), input(E2), ReplayConfig::default()).expect("valid");
         assert_eq!(src.poll_bounded(i64::MAX / 4, 2, 100).readings.len(), 2);
+    }
+
+    #[test]
+    fn the_watermark_never_passes_a_reading_still_to_come() {
+        for (readings_max, rows_max) in [(1, 1), (1, 100), (2, 3), (100, 1), (100, 100)] {
+            let mut src =
+                ReplaySource::new(input(E1), input(E2), ReplayConfig::default()).expect("valid");
+            let (mut through, mut n) = (None::<i64>, 0);
+            for t in 0..2_000 {
+                let polled = src.poll_bounded(t * 50, readings_max, rows_max);
+                for r in &polled.readings {
+                    assert!(
+                        through.is_none_or(|w| r.ts_ms > w),
+                        "budget {readings_max}/{rows_max}: reading at {} after watermark {through:?}",
+                        r.ts_ms
+                    );
+                }
+                n += polled.readings.len();
+                assert!(
+                    polled.through_ms >= through,
+                    "the watermark never goes back"
+                );
+                through = polled.through_ms;
+            }
+            assert!(
+                n > 0 && src.is_finished(),
+                "budget {readings_max}/{rows_max}"
+            );
+        }
     }
 
     #[test]

@@ -353,6 +353,8 @@ pub struct Aggregator {
     latest: Option<i64>,
     /// The clock, as of the last `advance`.
     now: Option<i64>,
+    /// How far a batched source has vouched for its readings ([`Aggregator::expect_through`]).
+    vouched: Option<i64>,
 }
 
 impl Aggregator {
@@ -410,6 +412,7 @@ impl Aggregator {
             resume_from: resume_from_ms.map(|t| Self::grid_start(t, window)),
             latest: None,
             now: None,
+            vouched: None,
             cfg,
         })
     }
@@ -475,7 +478,7 @@ impl Aggregator {
     pub fn push(&mut self, reading: &Reading) -> Result<(), PushError> {
         reading.validate()?;
         let ts = reading.ts_ms;
-        if let Some(now) = self.now {
+        if let Some(now) = self.now.max(self.vouched) {
             let limit =
                 now.saturating_add(i64::try_from(self.cfg.ahead_ms_max).unwrap_or(i64::MAX));
             if ts > limit {
@@ -518,6 +521,13 @@ impl Aggregator {
         }
         acc.max_queue = acc.max_queue.max(reading.queue);
         Ok(())
+    }
+
+    /// A source that delivers in batches (a replay) vouches that its readings up to
+    /// `through_ms` are arriving: readings stamped up to it are not too far ahead, though no
+    /// window closes until [`Aggregator::advance`] moves the clock.
+    pub fn expect_through(&mut self, through_ms: i64) {
+        self.vouched = self.vouched.max(Some(through_ms));
     }
 
     /// Moves event time on to `now_event_ms` (the node's clock as event time, so windows close
