@@ -4,7 +4,7 @@
 //! names the file and the key that was wrong. Defaults live in the `Default` impls below and
 //! nowhere else.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use verge_net::NetConfig;
 use verge_proto::codec::FRAME_BYTES_CEILING;
-use verge_proto::{FRAME_BYTES_MAX_DEFAULT, NodeId};
+use verge_proto::{FRAME_BYTES_MAX_DEFAULT, NodeId, StreamId};
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +97,77 @@ pub struct NodeConfig {
     /// absent.
     #[serde(default)]
     pub inference: Option<InferenceSection>,
+    /// Upstream neighbours' predictions this node's model takes as features (`[sharing]`).
+    #[serde(default)]
+    pub sharing: SharingSection,
+}
+
+/// `[sharing]`: which upstream approaches feed each of this node's approaches. Each feed is a
+/// neighbour's results stream, `NODE/APPROACH` (its predictions of that approach's next window),
+/// read from the neighbour or any node holding a copy, and resumed from the last record seen.
+///
+/// ```toml
+/// [sharing]
+/// poll_ms = 250
+/// [sharing.feeds.A2B2]      # this node's approach A2 -> B2
+/// straight = "a2/A1A2"      # node a2's approach A1 -> A2 goes straight on into A2 -> B2
+/// left = "a2/top0A2"
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SharingSection {
+    /// How often each feed is read, in milliseconds.
+    pub poll_ms: u64,
+    /// Per approach of this node, its feeders by slot.
+    pub feeds: BTreeMap<String, Feeders>,
+}
+
+impl Default for SharingSection {
+    fn default() -> Self {
+        Self {
+            poll_ms: 250,
+            feeds: BTreeMap::new(),
+        }
+    }
+}
+
+/// The upstream approaches that feed one approach, by the model's upstream slots.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Feeders {
+    /// The feeder whose traffic goes straight on into the approach, `NODE/APPROACH`.
+    pub straight: Option<String>,
+    /// The feeder whose traffic turns left into it.
+    pub left: Option<String>,
+    /// The feeder whose traffic turns right into it.
+    pub right: Option<String>,
+}
+
+impl Feeders {
+    /// The feeders in slot order (straight, left, right).
+    pub fn slots(&self) -> [Option<&str>; 3] {
+        [
+            self.straight.as_deref(),
+            self.left.as_deref(),
+            self.right.as_deref(),
+        ]
+    }
+}
+
+/// The results stream a feed `NODE/APPROACH` names.
+///
+/// # Errors
+///
+/// A message saying what is wrong with it.
+pub fn feed_stream(feed: &str) -> Result<StreamId, String> {
+    let (node, approach) = feed
+        .split_once('/')
+        .ok_or_else(|| format!("`{feed}` is not NODE/APPROACH"))?;
+    let node: NodeId = node
+        .parse()
+        .map_err(|e| format!("`{feed}`: node id: {e}"))?;
+    StreamId::new(node, verge_proto::StreamKind::Results, approach)
+        .map_err(|e| format!("`{feed}`: {e}"))
 }
 
 /// `[inference]`: the model every closed window feeds.
@@ -593,6 +664,25 @@ impl NodeConfig {
                     format!("`{}` is not among the peers", n.id),
                 ));
             }
+        }
+        for (approach, feeders) in &self.sharing.feeds {
+            for (slot, feed) in ["straight", "left", "right"].iter().zip(feeders.slots()) {
+                let Some(feed) = feed else { continue };
+                let key = format!("sharing.feeds.{approach}.{slot}");
+                let stream = feed_stream(feed).map_err(|m| invalid(key.clone(), m))?;
+                if !seen.contains(&stream.owner) {
+                    return Err(invalid(
+                        key,
+                        format!("`{}` is not among the peers", stream.owner),
+                    ));
+                }
+            }
+        }
+        if self.sharing.poll_ms == 0 || self.sharing.poll_ms > 60_000 {
+            return Err(invalid(
+                "sharing.poll_ms".into(),
+                format!("{} is outside 1..=60000", self.sharing.poll_ms),
+            ));
         }
         let net = &self.net;
         if net.frame_bytes_max < 1024 || net.frame_bytes_max > FRAME_BYTES_CEILING {

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod models;
 pub mod prediction;
 pub mod sensing;
+pub mod sharing;
 pub mod storage;
 
 use std::time::{Duration, Instant};
@@ -136,6 +137,22 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
     let clock = storage::EventClock::default();
     let model_cache = std::sync::Arc::new(models::ModelCache::open(cfg.data_dir.join("models"))?);
     let model_board = models::ModelBoard::default();
+    // Validated at load: every feed names a results stream of a peer.
+    let feeds: std::collections::BTreeMap<
+        String,
+        [Option<verge_proto::StreamId>; verge_infer::features::U],
+    > = cfg
+        .sharing
+        .feeds
+        .iter()
+        .map(|(approach, f)| {
+            (
+                approach.clone(),
+                f.slots()
+                    .map(|s| s.and_then(|s| config::feed_stream(s).ok())),
+            )
+        })
+        .collect();
     let store = {
         let (me, scfg, rcfg, m, mut windows, clock) = (
             cfg.id.clone(),
@@ -168,6 +185,7 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
             }
             None => prediction::Predictor::empty(windows.window_ms, metrics.clone()),
         };
+        let predictor = predictor.with_feeds(feeds.clone());
         storage::StoreActor::start_in_arbiter(&store_arbiter.handle(), move |_| {
             storage::StoreActor::new(store, me, scfg, rcfg, m, outboxes)
                 .with_windows(windows)
@@ -188,6 +206,21 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
         sensor.start();
     }
     let links = links::PeerLinks::new(cfg.peers.iter().map(|p| &p.id), cfg.net.frame_bytes_max);
+    sharing::spawn(
+        sharing::SharingDeps {
+            me: cfg.id.clone(),
+            links: links.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            poll: std::time::Duration::from_millis(cfg.sharing.poll_ms),
+        },
+        feeds
+            .values()
+            .flatten()
+            .flatten()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+    );
     let control = gateway::start_control(&cfg, &links).await?;
     let board = gateway::SyncBoard::default();
     if let Some(control) = &control {

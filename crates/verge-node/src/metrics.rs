@@ -21,6 +21,11 @@ struct ResultLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamLabel {
+    stream: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceKindLabel {
     source: String,
     kind: String,
@@ -65,6 +70,8 @@ pub struct Metrics {
     sensor_failures: Family<SourceKindLabel, Counter>,
     model_loads: Family<ResultLabel, Counter>,
     predictions: Family<ResultLabel, Counter>,
+    shared_records: Family<StreamLabel, Counter>,
+    shared_refused: Family<KindLabel, Counter>,
     store_flushes: Family<StateLabel, Counter>,
     retention_dropped: Family<RetentionLabel, Counter>,
     repl_sent: Family<PeerLabel, Counter>,
@@ -103,6 +110,8 @@ impl Metrics {
         let sensor_failures = Family::<SourceKindLabel, Counter>::default();
         let model_loads = Family::<ResultLabel, Counter>::default();
         let predictions = Family::<ResultLabel, Counter>::default();
+        let shared_records = Family::<StreamLabel, Counter>::default();
+        let shared_refused = Family::<KindLabel, Counter>::default();
         let store_flushes = Family::<StateLabel, Counter>::default();
         let retention_dropped = Family::<RetentionLabel, Counter>::default();
         let repl_sent = Family::<PeerLabel, Counter>::default();
@@ -173,6 +182,16 @@ impl Metrics {
             "model_loads",
             "Model loads, by result (ok, failed)",
             model_loads.clone(),
+        );
+        registry.register(
+            "shared_records",
+            "Upstream neighbours' predictions received, by stream (each record once)",
+            shared_records.clone(),
+        );
+        registry.register(
+            "shared_refused",
+            "Upstream prediction records not taken, by kind (duplicate, gap)",
+            shared_refused.clone(),
         );
         registry.register(
             "predictions",
@@ -246,6 +265,8 @@ impl Metrics {
             sensor_failures,
             model_loads,
             predictions,
+            shared_records,
+            shared_refused,
             store_flushes,
             retention_dropped,
             repl_sent,
@@ -350,6 +371,22 @@ impl Metrics {
                 result: if ok { "ok" } else { "failed" }.into(),
             })
             .inc();
+    }
+
+    /// `n` records of the upstream prediction stream `stream` were taken.
+    pub fn shared_records(&self, stream: &str, n: u64) {
+        self.shared_records
+            .get_or_create(&StreamLabel {
+                stream: stream.into(),
+            })
+            .inc_by(n);
+    }
+
+    /// `n` upstream prediction records were not taken (`duplicate`, `gap`).
+    pub fn shared_refused(&self, kind: &str, n: u64) {
+        self.shared_refused
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc_by(n);
     }
 
     /// `n` predictions were made (`ok`) or could not be.

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use tracing::{error, info, warn};
 use verge_infer::{Model, Registry, features};
-use verge_proto::Record;
+use verge_proto::{Record, StreamId};
 use verge_traffic::window::Window;
 
 use crate::metrics::Metrics;
@@ -37,7 +37,34 @@ pub struct Predictor {
     window_ms: i64,
     /// The last [`features::K`] window records per approach, oldest first.
     recent: BTreeMap<String, VecDeque<Record>>,
+    /// Per approach, the upstream results streams that feed its upstream slots.
+    feeds: BTreeMap<String, [Option<StreamId>; features::U]>,
+    /// Per upstream results stream, its latest predictions by the start of the window each
+    /// predicts.
+    shared: BTreeMap<StreamId, BTreeMap<i64, f32>>,
     metrics: Metrics,
+}
+
+/// Upstream predictions kept per feed stream.
+const SHARED_KEPT: usize = 64;
+
+/// One prediction and the upstream values it was made with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prediction {
+    /// The predicted next-window vehicle count.
+    pub value: f64,
+    /// The upstream slots fed to the model (`None`: no feeder, or nothing shared in time; fed
+    /// as 0).
+    pub upstream: [Option<f32>; features::U],
+}
+
+impl Prediction {
+    /// The results record's values: the prediction, then each upstream slot (-1 for none).
+    pub fn values(&self) -> Vec<f64> {
+        std::iter::once(self.value)
+            .chain(self.upstream.iter().map(|u| u.map_or(-1.0, f64::from)))
+            .collect()
+    }
 }
 
 impl Predictor {
@@ -67,8 +94,49 @@ impl Predictor {
             model,
             window_ms: i64::try_from(window_ms).unwrap_or(i64::MAX),
             recent: BTreeMap::new(),
+            feeds: BTreeMap::new(),
+            shared: BTreeMap::new(),
             metrics,
         }
+    }
+
+    /// Feeds each approach's upstream slots from these results streams.
+    pub fn with_feeds(mut self, feeds: BTreeMap<String, [Option<StreamId>; features::U]>) -> Self {
+        self.feeds = feeds;
+        self
+    }
+
+    /// Takes new records of an upstream results stream.
+    pub fn upstream(&mut self, stream: &StreamId, records: Vec<(u64, Record)>) {
+        let kept = self.shared.entry(stream.clone()).or_default();
+        for (_, r) in records {
+            if let Some(v) = r.values.first().filter(|v| v.is_finite()) {
+                kept.insert(r.ts_ms, *v as f32);
+            }
+        }
+        while kept.len() > SHARED_KEPT {
+            kept.pop_first();
+        }
+    }
+
+    /// The upstream slots for `approach`'s prediction of the window starting at `start_ms`: each
+    /// feeder's prediction of its own window starting then, or its latest within the two windows
+    /// before (a neighbour a little behind), else nothing.
+    fn slots(&self, approach: &str, start_ms: i64) -> [Option<f32>; features::U] {
+        let mut out = [None; features::U];
+        let Some(feeds) = self.feeds.get(approach) else {
+            return out;
+        };
+        for (slot, feed) in out.iter_mut().zip(feeds) {
+            *slot = feed
+                .as_ref()
+                .and_then(|s| self.shared.get(s))
+                .and_then(|kept| {
+                    let oldest = start_ms.saturating_sub(2 * self.window_ms);
+                    kept.range(oldest..=start_ms).next_back().map(|(_, v)| *v)
+                });
+        }
+        out
     }
 
     /// A predictor with no model yet (predicting nothing until one is installed).
@@ -78,6 +146,8 @@ impl Predictor {
             model: None,
             window_ms: i64::try_from(window_ms).unwrap_or(i64::MAX),
             recent: BTreeMap::new(),
+            feeds: BTreeMap::new(),
+            shared: BTreeMap::new(),
             metrics,
         }
     }
@@ -119,7 +189,7 @@ impl Predictor {
 
     /// Adds the closed `windows` to their approaches' history and predicts the next window of
     /// each: one entry per window, `None` where no prediction was made.
-    pub fn predict(&mut self, windows: &[Window]) -> Vec<Option<f64>> {
+    pub fn predict(&mut self, windows: &[Window]) -> Vec<Option<Prediction>> {
         let mut out = vec![None; windows.len()];
         let Some(name) = self.model.clone() else {
             return out;
@@ -127,12 +197,18 @@ impl Predictor {
         let mut rows = Vec::with_capacity(windows.len() * features::FEATURES);
         let mut row_of = Vec::with_capacity(windows.len());
         for (i, w) in windows.iter().enumerate() {
+            let upstream = self.slots(&w.approach, w.end_ms);
             let recent = self.recent.entry(w.approach.clone()).or_default();
             push_bounded(recent, w.to_record(None));
-            match features::build(recent.make_contiguous(), w.start_ms, self.window_ms, &[]) {
+            match features::build(
+                recent.make_contiguous(),
+                w.start_ms,
+                self.window_ms,
+                &upstream,
+            ) {
                 Ok(row) => {
                     rows.extend_from_slice(&row);
-                    row_of.push(i);
+                    row_of.push((i, upstream));
                 }
                 Err(e) => {
                     self.metrics.predictions(false, 1);
@@ -146,9 +222,12 @@ impl Predictor {
         match self.registry.predict(&name, &rows) {
             Ok(predicted) => {
                 let mut failed = 0;
-                for (i, p) in row_of.into_iter().zip(predicted) {
+                for ((i, upstream), p) in row_of.into_iter().zip(predicted) {
                     if p.is_finite() {
-                        out[i] = Some(f64::from(p.max(0.0)));
+                        out[i] = Some(Prediction {
+                            value: f64::from(p.max(0.0)),
+                            upstream,
+                        });
                     } else {
                         failed += 1;
                     }

@@ -956,7 +956,10 @@ impl StoreActor {
 
     /// The predictions for `closed` windows, seeding an approach's history from its stored
     /// aggregate stream first (after a restart).
-    fn predict(&mut self, closed: &[verge_traffic::window::Window]) -> Vec<Option<f64>> {
+    fn predict(
+        &mut self,
+        closed: &[verge_traffic::window::Window],
+    ) -> Vec<Option<crate::prediction::Prediction>> {
         let Some(predictor) = self.predictor.as_mut() else {
             return vec![None; closed.len()];
         };
@@ -995,14 +998,17 @@ impl StoreActor {
         let closed = agg.advance(now);
         let predictions = self.predict(&closed);
         for (w, predicted) in closed.iter().zip(predictions) {
-            let mut records = vec![(StreamKind::Aggregates, w.to_record(predicted))];
+            let mut records = vec![(
+                StreamKind::Aggregates,
+                w.to_record(predicted.map(|p| p.value)),
+            )];
             if let Some(p) = predicted {
                 // The prediction is for the window that starts where this one ends.
                 records.push((
                     StreamKind::Results,
                     Record {
                         ts_ms: w.end_ms,
-                        values: vec![p],
+                        values: p.values(),
                     },
                 ));
             }
@@ -1327,6 +1333,25 @@ impl Handler<InstallModel> for StoreActor {
         self.predictor
             .as_mut()
             .is_some_and(|p| p.install(msg.model))
+    }
+}
+
+/// New records of an upstream neighbour's results stream, in order (see [`crate::sharing`]).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct UpstreamPredictions {
+    /// The stream.
+    pub stream: StreamId,
+    /// `(sequence, record)` pairs.
+    pub records: Vec<(u64, Record)>,
+}
+
+impl Handler<UpstreamPredictions> for StoreActor {
+    type Result = ();
+    fn handle(&mut self, msg: UpstreamPredictions, _: &mut Self::Context) {
+        if let Some(p) = self.predictor.as_mut() {
+            p.upstream(&msg.stream, msg.records);
+        }
     }
 }
 
