@@ -610,7 +610,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let gw = gateway(&cluster).await;
     println!("\nreport");
     println!("  duration             {:.1} s", ran.as_secs_f64());
-    println!("  readings stored      {stored} (with a replica each)");
+    println!("  readings stored      {stored}");
     println!(
         "  predictions          {}{}",
         predictions as u64,
