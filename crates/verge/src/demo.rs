@@ -475,9 +475,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     let voters = if n >= 3 { "b1, b2, b3" } else { "b1" };
     println!(
-        "mesh formed in {} ms; Raft voters {voters}; {} s windows; {}; sensors: {}",
+        "mesh formed in {} ms; Raft voters {voters}; windows every {} s{}; {}; sensors: {}",
         formed.as_millis(),
         WINDOW_MS / 1000,
+        if args.sumo {
+            format!(" ({} s of simulated time)", SUMO_WINDOW_MS / 1000)
+        } else {
+            String::new()
+        },
         match &model {
             Some(m) => format!("predicting with {}", m.display()),
             None => "no predictions".into(),
