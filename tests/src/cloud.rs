@@ -3,12 +3,10 @@
 //! the same data, and the `verge cloud fault` subcommand to make it misbehave. Dropping it kills
 //! the process and removes the directory.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use rustls_pki_types::ServerName;
@@ -16,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use verge_cloud::CloudClient;
+use verge_sim::{CloudProc, CloudSpec};
 
 use crate::{run_verge, verge_bin};
 
@@ -28,16 +27,13 @@ const FAULT_CLI_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a raw request may take, from connect to the last byte of the answer.
 const RAW_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One `verge cloud serve` process on 127.0.0.1.
+/// One `verge cloud serve` process on 127.0.0.1 ([`CloudProc`]) in a temporary directory.
 #[derive(Debug)]
 pub struct CloudProcess {
+    /// Declared before `dir`, so the process is killed before its directory goes.
+    proc: CloudProc,
     /// Holds `data/`, `token` and `cloud.log`; removed on drop.
-    dir: tempfile::TempDir,
-    /// Flags added after the fixed ones (`--faults`, `--body-limit N`), kept for restarts.
-    extra: Vec<String>,
-    child: Option<Child>,
-    url: String,
-    addr: SocketAddr,
+    _dir: tempfile::TempDir,
 }
 
 impl CloudProcess {
@@ -47,119 +43,51 @@ impl CloudProcess {
             .prefix("verge-cloud-test-")
             .tempdir()
             .expect("tempdir");
-        std::fs::write(dir.path().join("token"), format!("{CLOUD_TOKEN}\n")).expect("token file");
-        let mut cloud = Self {
-            dir,
-            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
-            child: None,
-            url: String::new(),
-            addr: "127.0.0.1:0".parse().expect("addr"),
-        };
-        cloud.spawn();
-        cloud
-    }
-
-    /// Spawns the process on this cloud's data directory and reads the URL it prints.
-    fn spawn(&mut self) {
-        assert!(self.child.is_none(), "the cloud is already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("log file");
-        let data = self.data_dir();
-        let token = self.dir.path().join("token");
-        // A restart keeps the address, so nodes configured with the URL find it again.
-        let listen = self.addr.to_string();
-        let mut child = Command::new(verge_bin())
-            .args(["cloud", "serve", "--listen", &listen])
-            .arg("--data")
-            .arg(&data)
-            .arg("--token-file")
-            .arg(&token)
-            .args(&self.extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("spawn verge cloud serve");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        // Reads stdout to its end, so the process never blocks on a full pipe; the first line
-        // that names the URL is passed on.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(url) = line.split_whitespace().find(|w| w.starts_with("https://")) {
-                    let _ = tx.send(url.to_owned());
-                }
-            }
-        });
-        self.child = Some(child);
-        let url = match rx.recv_timeout(CLOUD_START_TIMEOUT) {
-            Ok(url) => url,
-            Err(_) => panic!(
-                "the cloud did not print its URL within {CLOUD_START_TIMEOUT:?}:\n{}",
-                self.log()
-            ),
-        };
-        self.addr = url
-            .trim_start_matches("https://")
-            .parse()
-            .unwrap_or_else(|e| panic!("`{url}` is not https://ADDR: {e}"));
-        self.url = url;
+        let mut spec = CloudSpec::new(verge_bin(), dir.path().to_owned(), CLOUD_TOKEN);
+        spec.extra = extra.iter().map(|s| (*s).to_owned()).collect();
+        spec.start_timeout = CLOUD_START_TIMEOUT;
+        let proc = CloudProc::start(spec).unwrap_or_else(|e| panic!("{e}"));
+        Self { proc, _dir: dir }
     }
 
     /// SIGKILLs the process and waits for it: no shutdown, no final sync.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // `Child::kill` is SIGKILL on Unix.
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.proc.kill();
     }
 
     /// Starts the process again on the same data directory and address.
     pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
+        self.proc.restart().unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.proc.is_running()
     }
 
     /// `https://127.0.0.1:PORT`.
     pub fn url(&self) -> &str {
-        &self.url
+        self.proc.url()
     }
 
     /// The address it serves on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.proc.addr()
     }
 
     /// The cloud's data directory.
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.proc.data_dir()
     }
 
     /// The self-signed certificate clients trust.
     pub fn cert(&self) -> PathBuf {
-        verge_cloud::tls::self_signed_paths(&self.data_dir()).0
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("cloud.log")
+        self.proc.cert()
     }
 
     /// Its stderr so far, across restarts.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+        self.proc.log()
     }
 
     /// A client with the right token and a `timeout` per call.
@@ -169,7 +97,7 @@ impl CloudProcess {
 
     /// A client sending `token` (or none).
     pub fn client_with(&self, token: Option<&str>, timeout: Duration) -> CloudClient {
-        CloudClient::new(&self.url, &self.cert(), token.map(str::to_owned), timeout)
+        CloudClient::new(self.url(), &self.cert(), token.map(str::to_owned), timeout)
             .expect("client")
     }
 
@@ -181,7 +109,7 @@ impl CloudProcess {
             "cloud",
             "fault",
             "--url",
-            &self.url,
+            self.url(),
             "--ca",
             &cert,
             "--token",
@@ -224,8 +152,8 @@ impl CloudProcess {
         let exchange = async {
             let tls = verge_cloud::tls::client_config(&self.cert(), None).expect("tls config");
             let connector = TlsConnector::from(Arc::new(tls));
-            let tcp = TcpStream::connect(self.addr).await.expect("connect");
-            let name = ServerName::from(self.addr.ip());
+            let tcp = TcpStream::connect(self.addr()).await.expect("connect");
+            let name = ServerName::from(self.addr().ip());
             let mut s = connector.connect(name, tcp).await.expect("handshake");
             let mut head =
                 format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
@@ -258,13 +186,6 @@ impl CloudProcess {
             .map(|(_, b)| b.to_owned())
             .unwrap_or_default();
         Some((status, body))
-    }
-}
-
-impl Drop for CloudProcess {
-    fn drop(&mut self) {
-        self.kill();
-        // `dir` (a TempDir) removes the directory when it drops.
     }
 }
 

@@ -47,9 +47,12 @@ pub enum ClusterError {
         /// Why.
         source: nix::Error,
     },
+    /// The reference cloud process could not be started.
+    #[error("the reference cloud did not start: {0}")]
+    Cloud(String),
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
     let what = what.into();
     move |source| ClusterError::Io { what, source }
 }
@@ -77,6 +80,9 @@ pub struct ClusterSpec {
     pub extra_config: String,
     /// Keep the directory after the cluster is dropped.
     pub keep_dir: bool,
+    /// Run each node in its own process group, so a Ctrl-C in the terminal reaches only the
+    /// process that started the cluster (which then stops the nodes itself).
+    pub own_process_group: bool,
 }
 
 impl ClusterSpec {
@@ -88,6 +94,7 @@ impl ClusterSpec {
             cluster: "local".into(),
             extra_config: String::new(),
             keep_dir: false,
+            own_process_group: false,
         }
     }
 }
@@ -123,6 +130,7 @@ pub struct LocalCluster {
     dir: Option<tempfile::TempDir>,
     root: PathBuf,
     bin: PathBuf,
+    own_process_group: bool,
     /// The nodes, in corridor order.
     pub nodes: Vec<NodeProc>,
     /// The CA directory (`ca.pem`, `ca.key`).
@@ -207,6 +215,7 @@ impl LocalCluster {
             dir,
             root,
             bin: spec.verge_bin.clone(),
+            own_process_group: spec.own_process_group,
             nodes,
             ca_dir,
             admin_cert,
@@ -229,6 +238,7 @@ impl LocalCluster {
     /// Starts node `i` (no-op if it runs). Its output is appended to its log file.
     pub fn start(&mut self, i: usize) -> Result<(), ClusterError> {
         let bin = self.bin.clone();
+        let own_group = self.own_process_group;
         let n = &mut self.nodes[i];
         if n.child.is_some() {
             return Ok(());
@@ -239,8 +249,8 @@ impl LocalCluster {
             .open(&n.log)
             .map_err(io(format!("opening {}", n.log.display())))?;
         let err = log.try_clone().map_err(io("duplicating the log handle"))?;
-        let child = Command::new(&bin)
-            .arg("node")
+        let mut cmd = Command::new(&bin);
+        cmd.arg("node")
             .arg("--config")
             .arg(&n.config)
             .env(
@@ -249,7 +259,12 @@ impl LocalCluster {
             )
             .stdin(Stdio::null())
             .stdout(log)
-            .stderr(err)
+            .stderr(err);
+        if own_group {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+        }
+        let child = cmd
             .spawn()
             .map_err(io(format!("starting {}", bin.display())))?;
         n.child = Some(child);

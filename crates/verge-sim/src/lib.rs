@@ -2,14 +2,16 @@
 //! OS hands out, their certificates and configs in a temporary directory, and an admin client to
 //! ask them what they see.
 //!
-//! `verge demo` and the process-level tests use [`LocalCluster`]; later, `verge sim` adds scenarios,
-//! faults and invariant checks on top of it. This crate starts processes and talks to them only
+//! `verge demo` and the process-level tests use [`LocalCluster`], and [`CloudProc`] for a reference
+//! cloud process; later, `verge sim` adds scenarios, faults and invariant checks on top of them. This crate starts processes and talks to them only
 //! through their config files, signals and admin endpoints: it never reaches into node internals.
 
 mod admin;
+mod cloud;
 mod cluster;
 
 pub use admin::{AdminClient, AdminError};
+pub use cloud::{CloudProc, CloudSpec};
 pub use cluster::{
     ClusterError, ClusterSpec, LocalCluster, NodeProc, free_tcp_port, free_udp_port,
 };

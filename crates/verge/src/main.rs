@@ -57,7 +57,7 @@ enum Command {
     Cert(CertCommand),
     /// Administer a running node over its mTLS admin endpoint.
     Ctl(ctl::CtlArgs),
-    /// Run a local cluster on 127.0.0.1 and show its membership.
+    /// Run a five-node corridor with the reference cloud on 127.0.0.1 and show what it does.
     Demo(demo::DemoArgs),
     /// Benchmarks that print their figures.
     #[command(subcommand)]
