@@ -162,8 +162,10 @@ async fn prediction_sources(
         let stream: StreamId = format!("{id}/{kind}/all").parse().expect("stream id");
         admin.query(node.listen, stream, 1, u64::MAX / 4, 100_000)
     };
-    let windows = read("aggregates").await.expect("aggregates");
+    // Results first: a window closing between the two reads then appears in neither or only
+    // among the windows.
     let results = read("results").await.expect("results");
+    let windows = read("aggregates").await.expect("aggregates");
     assert!(
         windows
             .iter()

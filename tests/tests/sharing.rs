@@ -36,8 +36,9 @@ fn shared(c: &LocalCluster, i: usize, stream: &str) -> f64 {
 /// Checks b2's predictions: each used b1's prediction (when it had one) and equals the model's
 /// answer on b2's stored windows with that upstream value. Returns how many had one.
 async fn check_b2(c: &LocalCluster, registry: &Registry) -> usize {
-    let windows = records(c, 1, "b2/aggregates/all").await;
+    // Results first: a window closing between the reads then appears only among the windows.
     let results = records(c, 1, "b2/results/all").await;
+    let windows = records(c, 1, "b2/aggregates/all").await;
     let upstream = records(c, 0, "b1/results/all").await;
     assert!(results.len() >= 10, "b2 predicts: {results:?}");
     let mut with_upstream = 0;
