@@ -23,7 +23,7 @@ use verge_sim::{CloudProc, CloudSpec, ClusterSpec, LocalCluster};
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  verge demo\n  verge demo --duration 60 --nodes 7\n  verge demo --sumo            # needs SUMO: one traffic light of a SUMO grid per node\n\nRun it from the repository root (or give --models DIR) so the nodes predict with\nmodels/default-noshare. Exits 0 when the cloud holds every window the nodes produced\nexactly once, 1 otherwise."
+    after_help = "Examples:\n  verge demo\n  verge demo --duration 60 --nodes 7\n  verge demo --sumo            # needs SUMO: one traffic light of a SUMO grid per node\n\nRun it from the repository root (or give --models DIR) so the nodes predict with\nmodels/default (which takes the upstream node's predictions). Exits 0 when the cloud holds every window the nodes produced\nexactly once, 1 otherwise."
 )]
 pub struct DemoArgs {
     /// Seconds to run before stopping by itself.
@@ -32,7 +32,7 @@ pub struct DemoArgs {
     /// Nodes in the corridor (b1..bN; b1-b3 are the Raft voters).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(2..=20))]
     nodes: u16,
-    /// Directory holding `default-noshare/model.toml` [default: ./models]. Without it the nodes
+    /// Directory holding `default/model.toml` [default: ./models]. Without it the nodes
     /// run without predictions.
     #[arg(long)]
     models: Option<PathBuf>,
@@ -73,7 +73,7 @@ const SUMO_LIGHTS: [&str; 9] = ["A0", "A1", "A2", "B2", "B1", "B0", "C0", "C1", 
 /// The SUMO grid builder, relative to the repository root.
 const MAKE_GRID: &str = "simulations/sumo/make_grid.sh";
 /// The model every node predicts with, relative to the models directory.
-const MODEL: &str = "default-noshare/model.toml";
+const MODEL: &str = "default/model.toml";
 
 /// Counts SIGINT and SIGTERM from the start of the demo: the first ends the run (the report
 /// follows), a second one also cuts the final drain short.
@@ -183,6 +183,8 @@ struct NodeSample {
     readings: Option<u64>,
     /// `verge_predictions_total{result="ok"}`.
     predictions: Option<f64>,
+    /// Predictions taken from the upstream node (`verge_shared_records_total`).
+    shared: Option<f64>,
     /// The largest lag of a replica of its own streams.
     lag: Option<u64>,
     /// Readings of its own raw streams on disk.
@@ -210,6 +212,12 @@ async fn sample(cluster: &LocalCluster, i: usize) -> NodeSample {
             .and_then(|st| st.sensor)
             .map(|sensor| sensor.readings),
         predictions: http_metric(node.metrics, "verge_predictions_total{result=\"ok\"}").await,
+        shared: if i == 0 {
+            None
+        } else {
+            let series = format!("verge_shared_records_total{{stream=\"b{i}/results/all\"}}");
+            http_metric(node.metrics, &series).await
+        },
         ..NodeSample::default()
     };
     if let Ok(streams) = admin.streams(node.listen).await {
@@ -422,7 +430,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         cloud.data_dir().display()
     );
 
-    let mut sensors: Vec<String> = vec![SYNTHETIC_SENSORS.to_owned(); n];
+    // Synthetic traffic: each node's one approach, `all`, is fed by the node upstream of it, whose
+    // predictions its model takes as the straight-on upstream feature (result sharing).
+    let mut sensors: Vec<String> = (0..n)
+        .map(|i| {
+            let mut toml = SYNTHETIC_SENSORS.to_owned();
+            if i > 0 {
+                let _ = write!(
+                    toml,
+                    "\n[sharing]\n[sharing.feeds.all]\nstraight = \"b{i}/all\"\n"
+                );
+            }
+            toml
+        })
+        .collect();
     if args.sumo {
         let grid = root.join("sumo");
         let took = make_grid(&grid)?;
@@ -621,6 +642,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         predictions as u64,
         if model.is_none() { " (no model)" } else { "" }
     );
+    let shared: f64 = last_samples.iter().filter_map(|s| s.shared).sum();
+    if shared > 0.0 {
+        println!(
+            "  shared               {} predictions taken by the node downstream (result sharing)",
+            shared as u64
+        );
+    }
     println!(
         "  windows              {} produced by the nodes, {} in the cloud",
         last_cmp.produced, last_cmp.held
