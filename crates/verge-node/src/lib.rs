@@ -14,6 +14,7 @@ pub mod links;
 pub mod membership;
 pub mod metrics;
 pub mod models;
+pub mod offload;
 pub mod prediction;
 pub mod sensing;
 pub mod sharing;
