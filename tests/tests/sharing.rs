@@ -116,6 +116,15 @@ async fn downstream_predictions_use_upstream_ones_and_survive_restart_and_partit
         assert!(n >= 10, "b2 gets b1's predictions:\n{}", c.log(1));
         assert!(check_b2(&c, &registry).await >= 10);
 
+        // Every node hears its peers' inference load with their heartbeats (what offload
+        // decides on): rows predicted and time per row, reported within the last seconds.
+        let members = c.admin().members(c.nodes[1].listen).await.expect("members");
+        for m in &members {
+            let (load, age_ms) = m.load.unwrap_or_else(|| panic!("{}: no load: {members:?}", m.id));
+            assert!(load.rows > 0 && load.us_per_row > 0.0, "{}: {load:?}", m.id);
+            assert!(!load.drained && age_ms < 2_000, "{}: {load:?} {age_ms} ms", m.id);
+        }
+
         // b1 restarts, then b2 is cut off from it for 2 s.
         c.kill(0).expect("kill b1");
         tokio::time::sleep(Duration::from_millis(500)).await;

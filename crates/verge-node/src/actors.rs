@@ -49,6 +49,16 @@ pub struct Heard {
     pub rtt: Option<Duration>,
 }
 
+/// A peer's load report, heard with its heartbeats.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct HeardLoad {
+    /// The peer, as its certificate says.
+    pub id: NodeId,
+    /// What it reported.
+    pub load: verge_proto::peer::LoadReport,
+}
+
 /// Asks for the membership table.
 #[derive(Debug, Message)]
 #[rtype(result = "Vec<MemberView>")]
@@ -78,6 +88,10 @@ pub struct MembershipActor {
     /// Peers last reported up to the watcher. Suspect is not down: a peer stays up until the
     /// detector says down.
     reported_up: BTreeSet<NodeId>,
+    /// Each peer's last load report and when it came.
+    loads: BTreeMap<NodeId, (verge_proto::peer::LoadReport, Duration)>,
+    /// This node's own load.
+    gauge: crate::offload::LoadGauge,
 }
 
 impl MembershipActor {
@@ -101,7 +115,15 @@ impl MembershipActor {
             metrics,
             watcher: None,
             reported_up: BTreeSet::new(),
+            loads: BTreeMap::new(),
+            gauge: crate::offload::LoadGauge::default(),
         }
+    }
+
+    /// Shows `gauge` as this node's own load in the table.
+    pub fn with_load(mut self, gauge: crate::offload::LoadGauge) -> Self {
+        self.gauge = gauge;
+        self
     }
 
     fn report(&mut self, peer: &NodeId, up: bool) {
@@ -186,10 +208,30 @@ impl Handler<WatchLiveness> for MembershipActor {
     }
 }
 
+impl Handler<HeardLoad> for MembershipActor {
+    type Result = ();
+    fn handle(&mut self, msg: HeardLoad, _: &mut Self::Context) {
+        let now = self.now();
+        self.loads.insert(msg.id, (msg.load, now));
+    }
+}
+
 impl Handler<GetMembers> for MembershipActor {
     type Result = MessageResult<GetMembers>;
     fn handle(&mut self, _: GetMembers, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.table.view(self.now()))
+        let now = self.now();
+        let mut view = self.table.view(now);
+        for v in &mut view {
+            v.load = if v.is_self {
+                // The drained flag is the control plane's; peers hear it in their reports.
+                Some((self.gauge.report(false), 0))
+            } else {
+                self.loads
+                    .get(&v.id)
+                    .map(|(l, at)| (*l, now.saturating_sub(*at).as_millis() as u64))
+            };
+        }
+        MessageResult(view)
     }
 }
 
@@ -238,6 +280,8 @@ struct Shared {
     cfg: NodeConfig,
     /// Model bundles kept and what this node runs.
     models: ModelParts,
+    /// This node's inference load, sent with the heartbeats.
+    load: crate::offload::LoadGauge,
 }
 
 impl Shared {
@@ -247,6 +291,15 @@ impl Shared {
 
     fn frame_max(&self) -> usize {
         self.net.config().frame_bytes_max
+    }
+
+    /// This node's load as its peers should hear it: drained if the control plane says so.
+    fn load_report(&self) -> verge_proto::peer::LoadReport {
+        let drained = self
+            .control
+            .as_ref()
+            .is_some_and(|c| c.watch_state().borrow().drained.contains(&self.info.id));
+        self.load.report(drained)
     }
 }
 
@@ -277,6 +330,8 @@ pub struct Wiring {
     pub sensors: crate::sensing::SensorBoard,
     /// Model bundles kept and what this node runs.
     pub models: ModelParts,
+    /// This node's inference load, sent with the heartbeats.
+    pub load: crate::offload::LoadGauge,
 }
 
 /// The node's model bundles and what it runs (see [`crate::models`]).
@@ -306,6 +361,7 @@ impl NetworkActor {
             board,
             sensors,
             models,
+            load,
         } = wiring;
         let heartbeat = Duration::from_millis(cfg.membership.heartbeat_ms);
         let shared = Shared {
@@ -325,6 +381,7 @@ impl NetworkActor {
             sensors,
             cfg: cfg.clone(),
             models,
+            load,
         };
         Self {
             shared: Arc::new(shared),
@@ -421,6 +478,13 @@ async fn serve_peer(s: Arc<Shared>, id: NodeId, conn: Connection) {
                             seq,
                             echo_us: sent_us,
                         })
+                    }
+                    PeerMessage::Load(load) => {
+                        s.membership.do_send(HeardLoad {
+                            id: id.clone(),
+                            load,
+                        });
+                        None
                     }
                     blob @ PeerMessage::Blob { .. } => Some(blob),
                     PeerMessage::Pong { .. } => None,
@@ -1078,6 +1142,11 @@ async fn heartbeat(s: &Arc<Shared>, id: &NodeId, conn: &Connection) -> String {
             sent_us: s.now_us(),
         };
         if let Err(e) = send.send(&ping).await {
+            break e.to_string();
+        }
+        s.metrics.frame_out();
+        let load = PeerMessage::Load(s.load_report());
+        if let Err(e) = send.send(&load).await {
             break e.to_string();
         }
         s.metrics.frame_out();

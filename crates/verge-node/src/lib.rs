@@ -131,7 +131,10 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
         None => None,
     };
 
-    let membership = actors::MembershipActor::new(&cfg, listen, metrics.clone()).start();
+    let load = offload::LoadGauge::default();
+    let membership = actors::MembershipActor::new(&cfg, listen, metrics.clone())
+        .with_load(load.clone())
+        .start();
     // The store blocks on fsync, so it gets a thread of its own.
     let store_arbiter = actix::Arbiter::new();
     let (outboxes, outbox_rx) = storage::outboxes(cfg.peers.iter().map(|p| &p.id));
@@ -187,11 +190,13 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
             None => prediction::Predictor::empty(windows.window_ms, metrics.clone()),
         };
         let predictor = predictor.with_feeds(feeds.clone());
+        let store_load = load.clone();
         storage::StoreActor::start_in_arbiter(&store_arbiter.handle(), move |_| {
             storage::StoreActor::new(store, me, scfg, rcfg, m, outboxes)
                 .with_windows(windows)
                 .with_clock(clock)
                 .with_predictor(predictor)
+                .with_load(store_load)
         })
     };
     membership.do_send(actors::WatchLiveness {
@@ -257,6 +262,7 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
                 cache: model_cache,
                 board: model_board,
             },
+            load,
         },
         metrics.clone(),
         actors::NodeInfo {

@@ -169,5 +169,6 @@ fn kind(m: &PeerMessage) -> &'static str {
         PeerMessage::ReplicationBatch(_) => "a batch of replication messages",
         PeerMessage::Request(_) => "a request",
         PeerMessage::Reply(_) => "a reply",
+        PeerMessage::Load(_) => "a load report",
     }
 }

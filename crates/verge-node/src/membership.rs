@@ -279,6 +279,7 @@ impl Membership {
             rtt_ms: Some(0.0),
             phi: 0.0,
             is_self: true,
+            load: None,
         };
         let peers = self.members.iter().map(|(id, m)| MemberView {
             id: id.clone(),
@@ -291,6 +292,7 @@ impl Membership {
             rtt_ms: m.rtt_ms,
             phi: m.detector.phi(now, &self.cfg).unwrap_or(0.0),
             is_self: false,
+            load: None,
         });
         std::iter::once(me).chain(peers).collect()
     }

@@ -17,11 +17,54 @@
 //!   chosen.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rand::Rng;
 use rand::seq::IteratorRandom;
 use verge_proto::NodeId;
+use verge_proto::peer::LoadReport;
+
+/// Weight of the newest batch in the smoothed time per row.
+const EWMA_ALPHA: f64 = 0.2;
+
+/// This node's inference load: the store actor records each prediction batch, the heartbeats
+/// carry it to the peers.
+#[derive(Debug, Clone, Default)]
+pub struct LoadGauge(Arc<Mutex<LoadReport>>);
+
+impl LoadGauge {
+    /// A batch of `rows` rows took `took`.
+    pub fn batch(&self, rows: usize, took: Duration) {
+        if rows == 0 {
+            return;
+        }
+        let per_row = took.as_secs_f64() * 1e6 / rows as f64;
+        let mut l = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        l.us_per_row = if l.rows == 0 {
+            per_row as f32
+        } else {
+            (EWMA_ALPHA * per_row + (1.0 - EWMA_ALPHA) * f64::from(l.us_per_row)) as f32
+        };
+        l.rows += rows as u64;
+    }
+
+    /// The load now, with the drained flag as the control plane says.
+    pub fn report(&self, drained: bool) -> LoadReport {
+        let l = *self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        LoadReport { drained, ..l }
+    }
+}
+
+impl From<LoadReport> for Load {
+    fn from(r: LoadReport) -> Self {
+        Self {
+            queued_rows: r.queued_rows,
+            us_per_row: f64::from(r.us_per_row),
+            drained: r.drained,
+        }
+    }
+}
 
 /// A node's load as it gossips it.
 #[derive(Debug, Clone, Copy, PartialEq)]

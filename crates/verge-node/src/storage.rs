@@ -236,6 +236,8 @@ pub struct StoreActor {
     clock: EventClock,
     /// Predicts each approach's next window as its windows close, if a model is configured.
     predictor: Option<crate::prediction::Predictor>,
+    /// Where prediction batches' timing goes (the load peers hear).
+    load: crate::offload::LoadGauge,
 }
 
 impl StoreActor {
@@ -274,7 +276,14 @@ impl StoreActor {
             windows_pending: BTreeMap::new(),
             clock: EventClock::default(),
             predictor: None,
+            load: crate::offload::LoadGauge::default(),
         }
+    }
+
+    /// Records each prediction batch's timing in `load` (what the peers hear).
+    pub fn with_load(mut self, load: crate::offload::LoadGauge) -> Self {
+        self.load = load;
+        self
     }
 
     /// Predicts each approach's next-window vehicle count as its windows close.
@@ -985,7 +994,10 @@ impl StoreActor {
             };
             predictor.seed(&w.approach, stored.into_iter().map(|(_, r)| r).collect());
         }
-        predictor.predict(closed)
+        let started = Instant::now();
+        let predicted = predictor.predict(closed);
+        self.load.batch(closed.len(), started.elapsed());
+        predicted
     }
 
     /// Closes the windows the clock has passed and appends them with their predictions (and any

@@ -276,6 +276,8 @@ pub struct MemberView {
     pub phi: f64,
     /// True for the row that describes the answering node itself.
     pub is_self: bool,
+    /// The member's inference load as it last reported it, and how many milliseconds ago.
+    pub load: Option<(crate::peer::LoadReport, u64)>,
 }
 
 /// The control plane as one node sees it (`verge ctl gateway`).

@@ -49,6 +49,21 @@ pub enum PeerMessage {
     Request(PeerRequest),
     /// The answer to a [`PeerMessage::Request`].
     Reply(PeerReply),
+    /// The sender's inference load, sent with its heartbeats; nothing answers it.
+    Load(LoadReport),
+}
+
+/// A node's inference load, as it tells its peers (what offload decides on).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoadReport {
+    /// Feature rows waiting for inference.
+    pub queued_rows: u32,
+    /// Smoothed inference time per row, in microseconds (0 before the first batch).
+    pub us_per_row: f32,
+    /// Rows predicted so far.
+    pub rows: u64,
+    /// The node is drained: it takes no offloaded work.
+    pub drained: bool,
 }
 
 /// What one node asks another, answered on the same stream.

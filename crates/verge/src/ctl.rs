@@ -178,6 +178,17 @@ struct MemberJson<'a> {
     phi: f64,
     #[serde(rename = "self")]
     is_self: bool,
+    /// Inference load as last reported: us per row, rows queued, rows predicted, drained.
+    load: Option<LoadJson>,
+}
+
+#[derive(Debug, Serialize)]
+struct LoadJson {
+    us_per_row: f32,
+    queued_rows: u32,
+    rows: u64,
+    drained: bool,
+    age_ms: u64,
 }
 
 pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
@@ -787,8 +798,8 @@ fn print_faults(
 /// Renders the members table as `verge ctl members` and `verge demo` print it.
 pub fn members_table(members: &[MemberView]) -> String {
     let mut out = format!(
-        "{:<12} {:<22} {:<8} {:>8} {:>10} {:>6}\n",
-        "ID", "ADDR", "STATE", "RTT_MS", "LAST_SEEN", "PHI"
+        "{:<12} {:<22} {:<8} {:>8} {:>10} {:>6}  {}\n",
+        "ID", "ADDR", "STATE", "RTT_MS", "LAST_SEEN", "PHI", "LOAD (inference, as last reported)"
     );
     for m in members {
         let id = if m.is_self {
@@ -798,14 +809,31 @@ pub fn members_table(members: &[MemberView]) -> String {
         };
         let rtt = m.rtt_ms.map_or("-".into(), |r| format!("{r:.2}"));
         let seen = m.last_seen_ms.map_or("never".into(), |s| format!("{s} ms"));
+        let load = m.load.map_or_else(
+            || "-".to_owned(),
+            |(l, age)| {
+                let mut text = format!(
+                    "{:.1} us/row, {} queued, {} rows",
+                    l.us_per_row, l.queued_rows, l.rows
+                );
+                if l.drained {
+                    text.push_str(", drained");
+                }
+                if !m.is_self {
+                    text.push_str(&format!(" ({age} ms ago)"));
+                }
+                text
+            },
+        );
         out.push_str(&format!(
-            "{:<12} {:<22} {:<8} {:>8} {:>10} {:>6.1}\n",
+            "{:<12} {:<22} {:<8} {:>8} {:>10} {:>6.1}  {}\n",
             id,
             m.addr,
             m.state.as_str(),
             rtt,
             seen,
-            m.phi
+            m.phi,
+            load
         ));
     }
     out
@@ -823,6 +851,13 @@ fn print_members(members: &[MemberView], json: bool) -> anyhow::Result<()> {
                 last_seen_ms: m.last_seen_ms,
                 phi: m.phi,
                 is_self: m.is_self,
+                load: m.load.map(|(l, age_ms)| LoadJson {
+                    us_per_row: l.us_per_row,
+                    queued_rows: l.queued_rows,
+                    rows: l.rows,
+                    drained: l.drained,
+                    age_ms,
+                }),
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
