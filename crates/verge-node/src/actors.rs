@@ -934,6 +934,7 @@ async fn ingest(s: &Shared, readings: Vec<verge_proto::admin::IngestReading>) ->
         .send(crate::storage::Ingest {
             readings: valid,
             clock: None,
+            order: None,
         })
         .await
     {

@@ -52,9 +52,9 @@ use crate::config::{ReplaySection, SensorsSection, TraciSection};
 use crate::metrics::Metrics;
 use crate::storage::{Ingest, SourceClock, SourceTime, StoreActor, now_ms};
 
-/// Batches the synthetic source may have in flight to the store. A SUMO source has one at a
-/// time: a batch the store refused and that is sent again must never land after a later one,
-/// whose progress would have moved the windows' clock past it.
+/// Batches a sensor may have in flight to the store. A SUMO source numbers its batches and the
+/// store takes them in order only ([`Ingest::order`]): a batch refused and sent again must never
+/// land after a later one, whose progress would have moved the windows' clock past it.
 const INFLIGHT_MAX: usize = 4;
 /// How often the source is read.
 const TICK: Duration = Duration::from_millis(10);
@@ -240,10 +240,15 @@ pub struct SensorActor {
     /// batch).
     progress: Option<(SourceClock, bool)>,
     inflight: usize,
-    /// Batches the store refused before appending, sent again first, with the source's
-    /// progress at the time.
-    held: VecDeque<(Vec<Reading>, Option<SourceClock>)>,
+    /// Batches the store refused before appending, sent again first and in their order, with
+    /// the source's progress at the time and their number.
+    held: VecDeque<HeldBatch>,
+    /// The next batch number of a SUMO source.
+    next_order: u64,
 }
+
+/// A batch waiting to be sent again: readings, the source's progress, its number.
+type HeldBatch = (Vec<Reading>, Option<SourceClock>, u64);
 
 impl SensorActor {
     /// A sensor actor for the configured source, or `None` if the node has none.
@@ -301,20 +306,17 @@ impl SensorActor {
             progress: None,
             inflight: 0,
             held: VecDeque::new(),
+            next_order: 0,
         })
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
         // Back-pressure: while the store is behind, the source is not read, so its readings wait
         // in the source instead of being dropped.
-        let inflight_max = match self.source {
-            Source::Synthetic(_) => INFLIGHT_MAX,
-            Source::Replay { .. } | Source::Traci { .. } => 1,
-        };
-        if self.inflight >= inflight_max {
+        if self.inflight >= INFLIGHT_MAX {
             return;
         }
-        let (readings, clock) = match self.held.pop_front() {
+        let (readings, clock, order) = match self.held.pop_front() {
             Some(batch) => batch,
             None => {
                 let readings = self.read_source();
@@ -329,16 +331,22 @@ impl SensorActor {
                     return;
                 }
                 let clock = self.take_progress();
-                (readings, clock)
+                let order = self.next_order;
+                self.next_order += 1;
+                (readings, clock, order)
             }
         };
+        let ordered = !matches!(self.source, Source::Synthetic(_));
         self.inflight += 1;
         // A SUMO source's readings exist once: keep a copy to send again if the store refuses
         // them before appending. Synthetic readings are made up; a refused batch is dropped.
-        let copy =
-            (!matches!(self.source, Source::Synthetic(_))).then(|| (readings.clone(), clock));
+        let copy = ordered.then(|| (readings.clone(), clock, order));
         self.store
-            .send(Ingest { readings, clock })
+            .send(Ingest {
+                readings,
+                clock,
+                order: ordered.then_some(order),
+            })
             .into_actor(self)
             .map(move |res, act, _| {
                 act.inflight -= 1;
@@ -347,7 +355,9 @@ impl SensorActor {
                     Ok(Err(e)) if e.nothing_appended() => match copy {
                         Some(batch) => {
                             debug!("store refused sensor readings ({e}); sending them again");
-                            act.held.push_front(batch);
+                            // Batches come back in any order; they go out again in theirs.
+                            let at = act.held.partition_point(|h| h.2 < batch.2);
+                            act.held.insert(at, batch);
                         }
                         None => warn!("synthetic readings not stored: {e}"),
                     },

@@ -105,13 +105,25 @@ pub enum IngestError {
     /// again may store them twice.
     #[error("{0}")]
     NotAcknowledged(String),
+    /// A batch of an ordered source came before the one it follows (which the store refused);
+    /// nothing was appended.
+    #[error("sensor batch {got} came before batch {expected}; send them in order")]
+    OutOfOrder {
+        /// The batch the store takes next.
+        expected: u64,
+        /// The batch that came.
+        got: u64,
+    },
 }
 
 impl IngestError {
     /// Whether the readings were refused before anything was appended, so that sending them
     /// again cannot store them twice.
     pub fn nothing_appended(&self) -> bool {
-        matches!(self, IngestError::NotRunning | IngestError::Busy)
+        matches!(
+            self,
+            IngestError::NotRunning | IngestError::Busy | IngestError::OutOfOrder { .. }
+        )
     }
 }
 
@@ -124,6 +136,10 @@ pub struct Ingest {
     /// How far a replayed or simulated source had read when it produced them; the store's
     /// event clock moves there once they are in their windows. `None` for wall-clock sources.
     pub clock: Option<SourceClock>,
+    /// The batch's number, for a source whose batches must be stored in order (a replay or a
+    /// simulation, whose progress closes windows): the store takes batch n only after n - 1, so
+    /// a batch refused and sent again never lands after a later one. `None`: any order.
+    pub order: Option<u64>,
 }
 
 /// A replayed or simulated source's progress while it delivers no readings (a gap, or its end).
@@ -238,6 +254,8 @@ pub struct StoreActor {
     predictor: Option<crate::prediction::Predictor>,
     /// Where prediction batches' timing goes (the load peers hear).
     load: crate::offload::LoadGauge,
+    /// The next batch number of the ordered sensor source ([`Ingest::order`]).
+    next_order: Option<u64>,
 }
 
 impl StoreActor {
@@ -277,6 +295,7 @@ impl StoreActor {
             clock: EventClock::default(),
             predictor: None,
             load: crate::offload::LoadGauge::default(),
+            next_order: None,
         }
     }
 
@@ -1238,6 +1257,14 @@ impl Handler<Ingest> for StoreActor {
             self.metrics
                 .readings_rejected("busy", msg.readings.len() as u64);
             return Box::pin(async { Err(IngestError::Busy) });
+        }
+        if let Some(got) = msg.order {
+            match self.next_order {
+                Some(expected) if got != expected => {
+                    return Box::pin(async move { Err(IngestError::OutOfOrder { expected, got }) });
+                }
+                _ => self.next_order = Some(got + 1),
+            }
         }
         let mut result = IngestResult::default();
         let mut by_stream: BTreeMap<StreamId, Vec<Reading>> = BTreeMap::new();
