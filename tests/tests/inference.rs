@@ -203,6 +203,28 @@ async fn prediction_sources(
     sources
 }
 
+/// How many predictions node `i` has stored.
+async fn predictions(c: &LocalCluster, i: usize) -> usize {
+    let stream: StreamId = format!("{}/results/all", c.nodes[i].id)
+        .parse()
+        .expect("id");
+    c.admin()
+        .query(c.nodes[i].listen, stream, 1, u64::MAX / 4, 100_000)
+        .await
+        .map_or(0, |r| r.len())
+}
+
+/// Waits (at most 30 s) until node `i` has stored `n` predictions.
+async fn predictions_reach(c: &LocalCluster, i: usize, n: usize) -> bool {
+    for _ in 0..300 {
+        if predictions(c, i).await >= n {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 /// A model directory named `default-noshare` (so it replaces the running one) holding `onnx`.
 fn model_dir(root: &Path, dir: &str, onnx: &Path, version: &str, width: usize) -> PathBuf {
     let d = root.join(dir);
@@ -273,20 +295,12 @@ async fn a_model_deployed_under_load_reaches_every_node_and_a_bad_one_is_refused
 
         // Wait for a gateway and for predictions on every node.
         for i in 0..3 {
-            let stream: StreamId = format!("b{}/results/all", i + 1).parse().expect("id");
-            let mut n = 0;
-            for _ in 0..300 {
-                n = c
-                    .admin()
-                    .query(c.nodes[i].listen, stream.clone(), 1, u64::MAX / 4, 100_000)
-                    .await
-                    .map_or(0, |r| r.len());
-                if n >= 5 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            assert!(n >= 5, "b{} predicts:\n{}", i + 1, c.log(i));
+            assert!(
+                predictions_reach(&c, i, 5).await,
+                "b{} predicts:\n{}",
+                i + 1,
+                c.log(i)
+            );
         }
 
         let mut elected = false;
@@ -340,7 +354,10 @@ async fn a_model_deployed_under_load_reaches_every_node_and_a_bad_one_is_refused
             );
         }
         // Let each node close a few windows on the new model.
-        tokio::time::sleep(Duration::from_millis(8 * WINDOW_MS as u64)).await;
+        for i in 0..3 {
+            let now = predictions(&c, i).await;
+            assert!(predictions_reach(&c, i, now + 4).await, "b{} predicts on", i + 1);
+        }
 
         let old = Registry::new();
         old.load(&old_manifest, Some(&features::SIGNATURE))

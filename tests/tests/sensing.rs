@@ -27,21 +27,9 @@ fn sumo_missing() -> bool {
 /// Runs `simulations/sumo/make_grid.sh` into `dir`.
 fn make_grid(dir: &Path) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../simulations/sumo/make_grid.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg(dir)
-        .args(["--freq", "5", "--end", "240"])
-        .env(
-            "SUMO_HOME",
-            std::env::var_os("SUMO_HOME").unwrap_or_else(|| "/usr/share/sumo".into()),
-        )
-        .output()
-        .expect("run make_grid.sh");
-    assert!(
-        out.status.success(),
-        "make_grid.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if let Err(e) = verge_sim::sumo::make_grid(&script, dir, &["--freq", "5", "--end", "240"]) {
+        panic!("{e}");
+    }
 }
 
 /// One detector row as SUMO wrote it, mapped the way the node maps it: (end in ms, count,

@@ -138,7 +138,6 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
     // The store blocks on fsync, so it gets a thread of its own.
     let store_arbiter = actix::Arbiter::new();
     let (outboxes, outbox_rx) = storage::outboxes(cfg.peers.iter().map(|p| &p.id));
-    let clock = storage::EventClock::default();
     let model_cache = std::sync::Arc::new(models::ModelCache::open(cfg.data_dir.join("models"))?);
     let model_board = models::ModelBoard::default();
     // Validated at load: every feed names a results stream of a peer.
@@ -158,13 +157,12 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
         })
         .collect();
     let store = {
-        let (me, scfg, rcfg, m, mut windows, clock) = (
+        let (me, scfg, rcfg, m, mut windows) = (
             cfg.id.clone(),
             cfg.store.clone(),
             cfg.replication.clone(),
             metrics.clone(),
             cfg.aggregation.clone(),
-            clock.clone(),
         );
         sensing::sumo_windows(&cfg.sensors, &mut windows);
         // Loading a model builds its plans: before the store's thread starts, not on it. A node
@@ -194,7 +192,6 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
         storage::StoreActor::start_in_arbiter(&store_arbiter.handle(), move |_| {
             storage::StoreActor::new(store, me, scfg, rcfg, m, outboxes)
                 .with_windows(windows)
-                .with_clock(clock)
                 .with_predictor(predictor)
                 .with_load(store_load)
         })

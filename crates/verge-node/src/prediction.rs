@@ -71,8 +71,8 @@ impl Predictor {
     /// Loads the model whose manifest is `path`; on failure, logs and counts it and predicts
     /// nothing.
     pub fn load(path: &Path, window_ms: u64, metrics: Metrics) -> Self {
-        let registry = Registry::new();
-        let model = match registry.load(path, Some(&features::SIGNATURE)) {
+        let mut p = Self::empty(window_ms, metrics);
+        p.model = match p.registry.load(path, Some(&features::SIGNATURE)) {
             Ok(m) => {
                 info!(
                     model = m.name(),
@@ -80,24 +80,16 @@ impl Predictor {
                     manifest = %path.display(),
                     "model loaded"
                 );
-                metrics.model_load(true);
+                p.metrics.model_load(true);
                 Some(m.name().to_owned())
             }
             Err(e) => {
                 error!("the model cannot be loaded, so windows carry no prediction: {e}");
-                metrics.model_load(false);
+                p.metrics.model_load(false);
                 None
             }
         };
-        Self {
-            registry,
-            model,
-            window_ms: i64::try_from(window_ms).unwrap_or(i64::MAX),
-            recent: BTreeMap::new(),
-            feeds: BTreeMap::new(),
-            shared: BTreeMap::new(),
-            metrics,
-        }
+        p
     }
 
     /// Feeds each approach's upstream slots from these results streams.

@@ -19,8 +19,8 @@
 //! them all. A batch that does not fit is dropped and counted, and the owner core sends its
 //! messages again.
 //!
-//! The sensor actor (`crate::sensing`) feeds it readings; [`EventClock`] tells it the event time
-//! of a replayed or simulated source, which its aggregation windows follow.
+//! The sensor actor (`crate::sensing`) feeds it readings; its [`EventClock`] follows a replayed or
+//! simulated source's event time, and the aggregation windows follow the clock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
@@ -308,13 +308,6 @@ impl StoreActor {
     /// Predicts each approach's next-window vehicle count as its windows close.
     pub fn with_predictor(mut self, predictor: crate::prediction::Predictor) -> Self {
         self.predictor = Some(predictor);
-        self
-    }
-
-    /// Closes windows by `clock` (a replayed or simulated source's event time) instead of the
-    /// wall clock.
-    pub fn with_clock(mut self, clock: EventClock) -> Self {
-        self.clock = clock;
         self
     }
 
@@ -1247,18 +1240,23 @@ impl Handler<FromPeer> for StoreActor {
 impl Handler<Ingest> for StoreActor {
     type Result = ResponseFuture<Result<IngestResult, IngestError>>;
 
-    fn handle(&mut self, mut msg: Ingest, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Ingest, _: &mut Self::Context) -> Self::Result {
+        let Ingest {
+            readings,
+            clock,
+            order,
+        } = msg;
         if self.cores.is_none() {
             self.metrics
-                .readings_rejected("store", msg.readings.len() as u64);
+                .readings_rejected("store", readings.len() as u64);
             return Box::pin(async { Err(IngestError::NotRunning) });
         }
-        if self.waiting_readings + msg.readings.len() > PENDING_READINGS_MAX {
+        if self.waiting_readings + readings.len() > PENDING_READINGS_MAX {
             self.metrics
-                .readings_rejected("busy", msg.readings.len() as u64);
+                .readings_rejected("busy", readings.len() as u64);
             return Box::pin(async { Err(IngestError::Busy) });
         }
-        if let Some(got) = msg.order {
+        if let Some(got) = order {
             match self.next_order {
                 Some(expected) if got != expected => {
                     return Box::pin(async move { Err(IngestError::OutOfOrder { expected, got }) });
@@ -1268,7 +1266,7 @@ impl Handler<Ingest> for StoreActor {
         }
         let mut result = IngestResult::default();
         let mut by_stream: BTreeMap<StreamId, Vec<Reading>> = BTreeMap::new();
-        for r in std::mem::take(&mut msg.readings) {
+        for r in readings {
             match StreamId::new(self.me.clone(), StreamKind::Raw, r.sensor.as_str()) {
                 Ok(stream) => by_stream.entry(stream).or_default().push(r),
                 Err(e) => {
@@ -1283,7 +1281,7 @@ impl Handler<Ingest> for StoreActor {
             // the first stream's latest readings before the second's earlier ones are in.
             self.close_windows();
         }
-        if let Some(at) = msg.clock
+        if let Some(at) = clock
             && let Some(agg) = self.aggregator()
         {
             // The batch's readings are stamped up to the source's progress, however far past the
@@ -1311,7 +1309,7 @@ impl Handler<Ingest> for StoreActor {
                 });
             }
         }
-        if let Some(at) = msg.clock {
+        if let Some(at) = clock {
             // The batch is in its windows: event time may move past it.
             self.clock.advance(now_ms(), at);
         }
@@ -1465,8 +1463,8 @@ impl Handler<ReadRange> for StoreActor {
 /// the batch is in its windows, so a window never closes before the readings that belong to it
 /// arrive, however long the machine takes to deliver them. Between batches the clock stands
 /// still; once the source has ended it runs on at the source's speed, so the last windows close.
-#[derive(Debug, Clone, Default)]
-pub struct EventClock(Arc<std::sync::Mutex<Option<Pace>>>);
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EventClock(Option<Pace>);
 
 #[derive(Debug, Clone, Copy)]
 struct Pace {
@@ -1492,13 +1490,9 @@ pub struct SourceClock {
 impl EventClock {
     /// The source has delivered everything up to `at.event_ms` (at wall time `wall_ms`). Event
     /// time never goes backwards: an earlier time than the clock shows is ignored.
-    pub fn advance(&self, wall_ms: i64, at: SourceClock) {
-        let mut pace = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let shown = pace.map(|p| p.at(wall_ms));
-        pace.replace(Pace {
+    pub fn advance(&mut self, wall_ms: i64, at: SourceClock) {
+        let shown = self.0.map(|p| p.at(wall_ms));
+        self.0 = Some(Pace {
             wall_ms,
             event_ms: shown.map_or(at.event_ms, |s| s.max(at.event_ms)),
             speed: at.speed,
@@ -1508,20 +1502,13 @@ impl EventClock {
 
     /// Whether a source sets the pace.
     pub fn is_paced(&self) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some()
+        self.0.is_some()
     }
 
     /// The current event time, milliseconds since the Unix epoch.
     pub fn now_ms(&self) -> i64 {
         let wall = now_ms();
-        let pace = *self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        pace.map_or(wall, |p| p.at(wall))
+        self.0.map_or(wall, |p| p.at(wall))
     }
 }
 
@@ -1549,21 +1536,21 @@ mod tests {
 
     #[test]
     fn event_time_waits_for_the_source_until_it_ends() {
-        let clock = EventClock::default();
+        let mut clock = EventClock::default();
         assert!(!clock.is_paced());
         clock.advance(1_000, at(50_000, false));
         assert!(clock.is_paced());
-        let p = clock.0.lock().map(|p| p.expect("paced")).expect("lock");
+        let p = clock.0.expect("paced");
         // However late the next batch comes, the windows wait for it.
         assert_eq!(p.at(1_000), 50_000);
         assert_eq!(p.at(61_000), 50_000);
         // Never backwards.
         clock.advance(2_000, at(40_000, false));
-        let p = clock.0.lock().map(|p| p.expect("paced")).expect("lock");
+        let p = clock.0.expect("paced");
         assert_eq!(p.at(2_000), 50_000);
         // Once the source has ended, event time runs on at its speed.
         clock.advance(3_000, at(60_000, true));
-        let p = clock.0.lock().map(|p| p.expect("paced")).expect("lock");
+        let p = clock.0.expect("paced");
         assert_eq!(p.at(3_000), 60_000);
         assert_eq!(p.at(3_010), 61_000);
     }

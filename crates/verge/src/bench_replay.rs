@@ -10,7 +10,6 @@
 //! is acknowledged at its head with no replica behind.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -46,26 +45,12 @@ pub struct BenchReplayArgs {
 }
 
 fn make_grid(dir: &Path) -> anyhow::Result<()> {
-    let script = Path::new("simulations/sumo/make_grid.sh");
-    if !script.exists() {
-        bail!(
-            "{} not found: run from the repository root, or pass --sumo-dir with a grid made before",
-            script.display()
-        );
-    }
-    let out = Command::new("bash")
-        .arg(script)
-        .arg(dir)
-        .args(["--freq", "1"])
-        .output()
-        .context("running make_grid.sh")?;
-    if !out.status.success() {
-        bail!(
-            "make_grid.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    verge_sim::sumo::make_grid(
+        Path::new("simulations/sumo/make_grid.sh"),
+        dir,
+        &["--freq", "1"],
+    )
+    .context("making the SUMO grid (or pass --sumo-dir with a grid made before)")
 }
 
 /// Parses and validates every row in this process; returns (detectors, rows, refused, seconds).

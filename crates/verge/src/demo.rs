@@ -132,27 +132,9 @@ fn find_model(models: Option<&Path>) -> Option<PathBuf> {
 
 /// Builds and runs the SUMO grid into `dir`; returns how long it took.
 fn make_grid(dir: &Path) -> anyhow::Result<Duration> {
-    let script = Path::new(MAKE_GRID);
-    if !script.is_file() {
-        bail!("--sumo needs {MAKE_GRID}: run the demo from the repository root");
-    }
     let started = Instant::now();
-    let out = Command::new("bash")
-        .arg(script)
-        .arg(dir)
-        .args(["--freq", "5", "--end", "900"])
-        .env(
-            "SUMO_HOME",
-            std::env::var_os("SUMO_HOME").unwrap_or_else(|| "/usr/share/sumo".into()),
-        )
-        .output()
-        .context("running make_grid.sh")?;
-    if !out.status.success() {
-        bail!(
-            "{MAKE_GRID} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    verge_sim::sumo::make_grid(Path::new(MAKE_GRID), dir, &["--freq", "5", "--end", "900"])
+        .context("--sumo")?;
     Ok(started.elapsed())
 }
 
