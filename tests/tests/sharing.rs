@@ -43,9 +43,13 @@ async fn check_b2(c: &LocalCluster, registry: &Registry) -> usize {
     assert!(results.len() >= 10, "b2 predicts: {results:?}");
     let mut with_upstream = 0;
     for (_, r) in &results {
-        assert_eq!(r.values.len(), 4, "{r:?}");
+        assert_eq!(r.values.len(), 5, "{r:?}");
         let (p, slot) = (r.values[0], r.values[1]);
-        assert_eq!(r.values[2..], [-1.0, -1.0], "only the straight slot is fed");
+        assert_eq!(
+            r.values[2..4],
+            [-1.0, -1.0],
+            "only the straight slot is fed"
+        );
         if slot >= 0.0 {
             with_upstream += 1;
             // b1's own prediction of its window starting then, or one just before.

@@ -51,6 +51,7 @@ pub mod heldout;
 mod manifest;
 mod model;
 mod registry;
+pub mod synthetic;
 
 pub use batcher::{Batch, Batcher, BatcherConfig, BatcherError, QueueFull};
 pub use error::{LoadError, PredictError};

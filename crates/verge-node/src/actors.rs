@@ -282,6 +282,8 @@ struct Shared {
     models: ModelParts,
     /// This node's inference load, sent with the heartbeats.
     load: crate::offload::LoadGauge,
+    /// Runs the batches neighbours offload here, and hears their loads.
+    engine: crate::engine::Engine,
 }
 
 impl Shared {
@@ -332,6 +334,8 @@ pub struct Wiring {
     pub models: ModelParts,
     /// This node's inference load, sent with the heartbeats.
     pub load: crate::offload::LoadGauge,
+    /// Runs the batches neighbours offload here, and hears their loads.
+    pub engine: crate::engine::Engine,
 }
 
 /// The node's model bundles and what it runs (see [`crate::models`]).
@@ -362,6 +366,7 @@ impl NetworkActor {
             sensors,
             models,
             load,
+            engine,
         } = wiring;
         let heartbeat = Duration::from_millis(cfg.membership.heartbeat_ms);
         let shared = Shared {
@@ -382,6 +387,7 @@ impl NetworkActor {
             cfg: cfg.clone(),
             models,
             load,
+            engine,
         };
         Self {
             shared: Arc::new(shared),
@@ -480,6 +486,7 @@ async fn serve_peer(s: Arc<Shared>, id: NodeId, conn: Connection) {
                         })
                     }
                     PeerMessage::Load(load) => {
+                        s.engine.heard(&id, load);
                         s.membership.do_send(HeardLoad {
                             id: id.clone(),
                             load,
@@ -537,6 +544,10 @@ async fn answer_peer(s: &Shared, from: &NodeId, req: PeerRequest) -> PeerReply {
             None => PeerReply::Error(format!("node {} keeps no model bundle {digest}", s.info.id)),
         },
         PeerRequest::Models => PeerReply::Models(s.models.board.report(&s.info.id)),
+        PeerRequest::Infer(req) => {
+            let drained = s.load_report().drained;
+            s.engine.serve(from, req, drained).await
+        }
         PeerRequest::Streams { kind } => match s.store.send(crate::storage::ListStreams).await {
             Ok(views) => PeerReply::Streams(
                 views
@@ -634,6 +645,7 @@ async fn answer_admin(s: &Shared, req: AdminRequest) -> AdminResponse {
                 peers_suspect: suspect,
                 peers_down: down,
                 sensor: s.sensors.get(),
+                inference: s.engine.status(),
             }),
             Err(e) => unavailable(e),
         },

@@ -100,6 +100,54 @@ pub struct NodeConfig {
     /// Upstream neighbours' predictions this node's model takes as features (`[sharing]`).
     #[serde(default)]
     pub sharing: SharingSection,
+    /// Inference batches that would miss their deadline here go to a neighbour (`[offload]`).
+    #[serde(default)]
+    pub offload: OffloadSection,
+}
+
+/// `[offload]`: when this node's inference batches go to a neighbour.
+///
+/// ```toml
+/// [offload]
+/// enabled = true        # false: every batch runs here, however late
+/// deadline_ms = 100     # from a batch's windows closing to its predictions
+/// stale_after_ms = 2000 # a neighbour's load heard longer ago is not trusted
+/// slowdown = 1.0        # > 1 stands in for a slower cabinet: each batch here takes that many times its compute time
+/// ```
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OffloadSection {
+    /// Offload batches that would miss their deadline here.
+    pub enabled: bool,
+    /// A batch's deadline, in milliseconds from its windows closing.
+    pub deadline_ms: u64,
+    /// A neighbour's gossiped load older than this is not trusted, in milliseconds.
+    pub stale_after_ms: u64,
+    /// Each batch here takes this many times its compute time (1 to 1000; 1 is the real speed).
+    pub slowdown: f64,
+}
+
+impl Default for OffloadSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            deadline_ms: 100,
+            stale_after_ms: 2_000,
+            slowdown: 1.0,
+        }
+    }
+}
+
+impl OffloadSection {
+    /// The engine's settings.
+    pub fn to_engine_config(&self) -> crate::engine::EngineConfig {
+        crate::engine::EngineConfig {
+            offload: self.enabled,
+            deadline: std::time::Duration::from_millis(self.deadline_ms),
+            stale_after: std::time::Duration::from_millis(self.stale_after_ms),
+            slowdown: self.slowdown,
+        }
+    }
 }
 
 /// `[sharing]`: which upstream approaches feed each of this node's approaches. Each feed is a
@@ -636,6 +684,25 @@ impl NodeConfig {
             key,
             message,
         };
+        let o = &self.offload;
+        if o.deadline_ms == 0 || o.deadline_ms > 3_600_000 {
+            return Err(invalid(
+                "offload.deadline_ms".into(),
+                format!("{} is not between 1 and 3600000", o.deadline_ms),
+            ));
+        }
+        if o.stale_after_ms == 0 {
+            return Err(invalid(
+                "offload.stale_after_ms".into(),
+                "0 would trust no neighbour's load".into(),
+            ));
+        }
+        if !(1.0..=1000.0).contains(&o.slowdown) {
+            return Err(invalid(
+                "offload.slowdown".into(),
+                format!("{} is not between 1 and 1000", o.slowdown),
+            ));
+        }
         let mut seen = BTreeSet::new();
         for (i, p) in self.peers.iter().enumerate() {
             if p.id == self.id {

@@ -8,6 +8,7 @@
 
 pub mod actors;
 pub mod config;
+pub mod engine;
 pub mod gateway;
 mod http;
 pub mod links;
@@ -132,6 +133,14 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
     };
 
     let load = offload::LoadGauge::default();
+    let links = links::PeerLinks::new(cfg.peers.iter().map(|p| &p.id), cfg.net.frame_bytes_max);
+    let engine = engine::Engine::new(
+        cfg.id.clone(),
+        cfg.offload.to_engine_config(),
+        links.clone(),
+        load.clone(),
+        metrics.clone(),
+    );
     let membership = actors::MembershipActor::new(&cfg, listen, metrics.clone())
         .with_load(load.clone())
         .start();
@@ -188,12 +197,24 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
             None => prediction::Predictor::empty(windows.window_ms, metrics.clone()),
         };
         let predictor = predictor.with_feeds(feeds.clone());
-        let store_load = load.clone();
+        if let Some(model) = predictor.current() {
+            engine.shelve(&model);
+            // One batch the size of a node's usual one (an approach per row).
+            let rows = windows.approaches.len().max(1);
+            let calibrating = engine.clone();
+            tokio::spawn(async move { calibrating.calibrate(model, rows).await });
+        }
+        let (store_load, store_engine, rt) = (
+            load.clone(),
+            engine.clone(),
+            tokio::runtime::Handle::current(),
+        );
         storage::StoreActor::start_in_arbiter(&store_arbiter.handle(), move |_| {
             storage::StoreActor::new(store, me, scfg, rcfg, m, outboxes)
                 .with_windows(windows)
                 .with_predictor(predictor)
                 .with_load(store_load)
+                .with_engine(store_engine, rt)
         })
     };
     membership.do_send(actors::WatchLiveness {
@@ -208,7 +229,6 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
     ) {
         sensor.start();
     }
-    let links = links::PeerLinks::new(cfg.peers.iter().map(|p| &p.id), cfg.net.frame_bytes_max);
     sharing::spawn(
         sharing::SharingDeps {
             me: cfg.id.clone(),
@@ -260,6 +280,7 @@ async fn run_inner(cfg: NodeConfig) -> Result<(), NodeError> {
                 board: model_board,
             },
             load,
+            engine,
         },
         metrics.clone(),
         actors::NodeInfo {

@@ -72,6 +72,9 @@ pub struct Metrics {
     predictions: Family<ResultLabel, Counter>,
     shared_records: Family<StreamLabel, Counter>,
     shared_refused: Family<KindLabel, Counter>,
+    offload_rows: Family<KindLabel, Counter>,
+    offload_refused: Family<KindLabel, Counter>,
+    inference_missed: Counter,
     store_flushes: Family<StateLabel, Counter>,
     retention_dropped: Family<RetentionLabel, Counter>,
     repl_sent: Family<PeerLabel, Counter>,
@@ -112,6 +115,9 @@ impl Metrics {
         let predictions = Family::<ResultLabel, Counter>::default();
         let shared_records = Family::<StreamLabel, Counter>::default();
         let shared_refused = Family::<KindLabel, Counter>::default();
+        let offload_rows = Family::<KindLabel, Counter>::default();
+        let offload_refused = Family::<KindLabel, Counter>::default();
+        let inference_missed = Counter::default();
         let store_flushes = Family::<StateLabel, Counter>::default();
         let retention_dropped = Family::<RetentionLabel, Counter>::default();
         let repl_sent = Family::<PeerLabel, Counter>::default();
@@ -194,6 +200,21 @@ impl Metrics {
             shared_refused.clone(),
         );
         registry.register(
+            "offload_rows",
+            "Inference rows by where they went: sent (own rows a neighbour computed), taken (a neighbour's rows computed here), retried (own rows whose helper gave no answer, run again)",
+            offload_rows.clone(),
+        );
+        registry.register(
+            "offload_refused",
+            "Offloaded batches this node refused, by kind (drained, model, busy, malformed)",
+            offload_refused.clone(),
+        );
+        registry.register(
+            "inference_missed",
+            "Own inference batches that finished after their deadline",
+            inference_missed.clone(),
+        );
+        registry.register(
             "predictions",
             "Next-window predictions, by result (ok, failed)",
             predictions.clone(),
@@ -267,6 +288,9 @@ impl Metrics {
             predictions,
             shared_records,
             shared_refused,
+            offload_rows,
+            offload_refused,
+            inference_missed,
             store_flushes,
             retention_dropped,
             repl_sent,
@@ -387,6 +411,25 @@ impl Metrics {
         self.shared_refused
             .get_or_create(&KindLabel { kind: kind.into() })
             .inc_by(n);
+    }
+
+    /// `n` inference rows went `kind` (sent, taken, retried).
+    pub fn offload_rows(&self, kind: &str, n: u64) {
+        self.offload_rows
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc_by(n);
+    }
+
+    /// An offloaded batch was refused here (drained, model, busy, malformed).
+    pub fn offload_refused(&self, kind: &str) {
+        self.offload_refused
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+
+    /// An own inference batch finished after its deadline.
+    pub fn inference_missed(&self) {
+        self.inference_missed.inc();
     }
 
     /// `n` predictions were made (`ok`) or could not be.

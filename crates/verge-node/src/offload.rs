@@ -2,8 +2,8 @@
 //!
 //! [`Planner`] is pure: it is fed the neighbours' gossiped [`Load`] with the time it was heard,
 //! and answers [`Planner::place`] for one batch from this node's own load, the batch and the time.
-//! Nothing here touches the network; the node's offload path (next step of issue 6) gossips the
-//! loads, carries the batches and retries a helper that dies.
+//! Nothing here touches the network; [`crate::engine`] gossips the loads, carries the batches and
+//! retries a helper that dies.
 //!
 //! # The rules
 //! - **Offload never loops**: a batch another node offloaded here runs here.
@@ -47,6 +47,34 @@ impl LoadGauge {
             (EWMA_ALPHA * per_row + (1.0 - EWMA_ALPHA) * f64::from(l.us_per_row)) as f32
         };
         l.rows += rows as u64;
+    }
+
+    /// `rows` more rows wait for (or are in) this node's inference worker.
+    pub fn enqueue(&self, rows: usize) {
+        let mut l = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        l.queued_rows = l
+            .queued_rows
+            .saturating_add(u32::try_from(rows).unwrap_or(u32::MAX));
+    }
+
+    /// `rows` rows left the worker.
+    pub fn dequeue(&self, rows: usize) {
+        let mut l = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        l.queued_rows = l
+            .queued_rows
+            .saturating_sub(u32::try_from(rows).unwrap_or(u32::MAX));
+    }
+
+    /// `rows` rows of this node's own batches were computed by a neighbour.
+    pub fn offloaded(&self, rows: usize) {
+        let mut l = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        l.offloaded_rows += rows as u64;
+    }
+
+    /// `rows` rows of a neighbour's batch were computed here.
+    pub fn taken(&self, rows: usize) {
+        let mut l = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        l.taken_rows += rows as u64;
     }
 
     /// The load now, with the drained flag as the control plane says.

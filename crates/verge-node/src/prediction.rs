@@ -56,13 +56,17 @@ pub struct Prediction {
     /// The upstream slots fed to the model (`None`: no feeder, or nothing shared in time; fed
     /// as 0).
     pub upstream: [Option<f32>; features::U],
+    /// Who computed it: 0 for this node, else the helper's [`NodeId::tag`](verge_proto::NodeId::tag).
+    pub computed_by: u32,
 }
 
 impl Prediction {
-    /// The results record's values: the prediction, then each upstream slot (-1 for none).
+    /// The results record's values: the prediction, each upstream slot (-1 for none), then who
+    /// computed it (0: this node; else the helper's tag).
     pub fn values(&self) -> Vec<f64> {
         std::iter::once(self.value)
             .chain(self.upstream.iter().map(|u| u.map_or(-1.0, f64::from)))
+            .chain(std::iter::once(f64::from(self.computed_by)))
             .collect()
     }
 }
@@ -159,6 +163,11 @@ impl Predictor {
         }
     }
 
+    /// The predicting model.
+    pub fn current(&self) -> Option<Arc<Model>> {
+        self.registry.get(self.model.as_ref()?)
+    }
+
     /// The predicting model's name and version.
     pub fn model(&self) -> Option<(String, String)> {
         let name = self.model.as_ref()?;
@@ -180,12 +189,23 @@ impl Predictor {
     }
 
     /// Adds the closed `windows` to their approaches' history and predicts the next window of
-    /// each: one entry per window, `None` where no prediction was made.
+    /// each, here and now: one entry per window, `None` where no prediction was made.
     pub fn predict(&mut self, windows: &[Window]) -> Vec<Option<Prediction>> {
-        let mut out = vec![None; windows.len()];
-        let Some(name) = self.model.clone() else {
-            return out;
-        };
+        match self.prepare(windows) {
+            Some((batch, model)) => {
+                let outcome = model.predict(&batch.rows).map_err(|e| e.to_string());
+                self.finish(batch, outcome)
+            }
+            None => vec![None; windows.len()],
+        }
+    }
+
+    /// Adds the closed `windows` to their approaches' history and builds the model's rows for
+    /// them: the batch and the model to run it on, or `None` when there is nothing to run (no
+    /// model, or no row could be built; those windows get no prediction).
+    pub fn prepare(&mut self, windows: &[Window]) -> Option<(PreparedBatch, Arc<Model>)> {
+        let name = self.model.clone()?;
+        let model = self.registry.get(&name)?;
         let mut rows = Vec::with_capacity(windows.len() * features::FEATURES);
         let mut row_of = Vec::with_capacity(windows.len());
         for (i, w) in windows.iter().enumerate() {
@@ -209,16 +229,35 @@ impl Predictor {
             }
         }
         if row_of.is_empty() {
-            return out;
+            return None;
         }
-        match self.registry.predict(&name, &rows) {
-            Ok(predicted) => {
+        Some((
+            PreparedBatch {
+                rows,
+                row_of,
+                windows: windows.len(),
+            },
+            model,
+        ))
+    }
+
+    /// The predictions of a batch from the model's `outcome` on its rows (wherever it ran): one
+    /// entry per window, `None` where no prediction was made.
+    pub fn finish(
+        &self,
+        batch: PreparedBatch,
+        outcome: Result<Vec<f32>, String>,
+    ) -> Vec<Option<Prediction>> {
+        let mut out = vec![None; batch.windows];
+        match outcome {
+            Ok(predicted) if predicted.len() == batch.row_of.len() => {
                 let mut failed = 0;
-                for ((i, upstream), p) in row_of.into_iter().zip(predicted) {
+                for ((i, upstream), p) in batch.row_of.into_iter().zip(predicted) {
                     if p.is_finite() {
                         out[i] = Some(Prediction {
                             value: f64::from(p.max(0.0)),
                             upstream,
+                            computed_by: 0,
                         });
                     } else {
                         failed += 1;
@@ -231,12 +270,43 @@ impl Predictor {
                     warn!(failed, "the model answered a non-finite prediction");
                 }
             }
+            Ok(predicted) => {
+                self.metrics.predictions(false, batch.row_of.len() as u64);
+                warn!(
+                    rows = batch.row_of.len(),
+                    outputs = predicted.len(),
+                    "prediction failed: the batch came back with another number of outputs than rows"
+                );
+            }
             Err(e) => {
-                self.metrics.predictions(false, row_of.len() as u64);
+                self.metrics.predictions(false, batch.row_of.len() as u64);
                 warn!("prediction failed: {e}");
             }
         }
         out
+    }
+}
+
+/// A batch of feature rows built for closed windows, waiting for the model's outputs.
+#[derive(Debug, Clone)]
+pub struct PreparedBatch {
+    /// The rows, row after row.
+    pub rows: Vec<f32>,
+    /// Per row, the window it predicts from and the upstream slots it was built with.
+    row_of: Vec<(usize, [Option<f32>; features::U])>,
+    /// Windows in the batch (some may have no row).
+    windows: usize,
+}
+
+impl PreparedBatch {
+    /// Rows in the batch.
+    pub fn len(&self) -> usize {
+        self.row_of.len()
+    }
+
+    /// Whether the batch has no row.
+    pub fn is_empty(&self) -> bool {
+        self.row_of.is_empty()
     }
 }
 

@@ -22,7 +22,7 @@
 //! The sensor actor (`crate::sensing`) feeds it readings; its [`EventClock`] follows a replayed or
 //! simulated source's event time, and the aggregation windows follow the clock.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{self, Poll, Waker};
@@ -56,8 +56,11 @@ pub const QUERY_LIMIT_MAX: u32 = 100_000;
 /// Batches of replication messages queued for one peer before more are dropped (and later
 /// resent).
 pub const OUTBOX_MESSAGES_MAX: usize = 1024;
-/// How often the aggregation windows are closed against the clock.
-const AGGREGATE_TICK: Duration = Duration::from_millis(250);
+/// How often the aggregation windows are closed against the clock: a quarter window, within
+/// these bounds, so a window's predictions start soon after it ends and each batch holds one
+/// window per approach.
+const AGGREGATE_TICK_MIN: Duration = Duration::from_millis(25);
+const AGGREGATE_TICK_MAX: Duration = Duration::from_millis(250);
 /// Closed windows of one approach waiting to be appended (the stream is recovering after a
 /// restart, or the store refused) before the oldest are dropped.
 const WINDOWS_PENDING_MAX: usize = 10_000;
@@ -256,6 +259,25 @@ pub struct StoreActor {
     load: crate::offload::LoadGauge,
     /// The next batch number of the ordered sensor source ([`Ingest::order`]).
     next_order: Option<u64>,
+    /// Runs prediction batches here or on a neighbour (on this runtime); without one they run
+    /// inline.
+    engine: Option<(crate::engine::Engine, tokio::runtime::Handle)>,
+    /// Closed windows in the order they closed, waiting for their batch's predictions: windows
+    /// are appended in this order, whichever batch comes back first.
+    in_flight: VecDeque<InFlight>,
+    next_batch: u64,
+    /// This actor's address, for batches coming back.
+    me_addr: Option<Addr<StoreActor>>,
+}
+
+/// One batch of closed windows and, once known, their predictions.
+#[derive(Debug)]
+struct InFlight {
+    id: u64,
+    windows: Vec<verge_traffic::window::Window>,
+    /// The rows sent to the engine, until it answers.
+    batch: Option<crate::prediction::PreparedBatch>,
+    predictions: Option<Vec<Option<crate::prediction::Prediction>>>,
 }
 
 impl StoreActor {
@@ -296,7 +318,21 @@ impl StoreActor {
             predictor: None,
             load: crate::offload::LoadGauge::default(),
             next_order: None,
+            engine: None,
+            in_flight: VecDeque::new(),
+            next_batch: 0,
+            me_addr: None,
         }
+    }
+
+    /// Runs prediction batches through `engine` (here or on a neighbour), on the runtime `rt`.
+    pub fn with_engine(
+        mut self,
+        engine: crate::engine::Engine,
+        rt: tokio::runtime::Handle,
+    ) -> Self {
+        self.engine = Some((engine, rt));
+        self
     }
 
     /// Records each prediction batch's timing in `load` (what the peers hear).
@@ -975,14 +1011,11 @@ impl StoreActor {
         }
     }
 
-    /// The predictions for `closed` windows, seeding an approach's history from its stored
-    /// aggregate stream first (after a restart).
-    fn predict(
-        &mut self,
-        closed: &[verge_traffic::window::Window],
-    ) -> Vec<Option<crate::prediction::Prediction>> {
+    /// Seeds the history of `closed` windows' approaches that have none from their stored
+    /// aggregate streams (after a restart).
+    fn seed_history(&mut self, closed: &[verge_traffic::window::Window]) {
         let Some(predictor) = self.predictor.as_mut() else {
-            return vec![None; closed.len()];
+            return;
         };
         for w in closed {
             if !predictor.needs_history(&w.approach) {
@@ -1006,54 +1039,119 @@ impl StoreActor {
             };
             predictor.seed(&w.approach, stored.into_iter().map(|(_, r)| r).collect());
         }
-        let started = Instant::now();
-        let predicted = predictor.predict(closed);
-        self.load.batch(closed.len(), started.elapsed());
-        predicted
     }
 
-    /// Closes the windows the clock has passed and appends them with their predictions (and any
-    /// still pending).
+    /// Starts the prediction batch of `closed` windows: on the engine (here or on a neighbour),
+    /// or inline without one.
+    fn start_batch(&mut self, closed: Vec<verge_traffic::window::Window>) {
+        self.seed_history(&closed);
+        let id = self.next_batch;
+        self.next_batch += 1;
+        let prepared = self.predictor.as_mut().and_then(|p| p.prepare(&closed));
+        let mut job = InFlight {
+            id,
+            windows: closed,
+            batch: None,
+            predictions: None,
+        };
+        match (prepared, &self.engine, &self.me_addr) {
+            (Some((batch, model)), Some((engine, rt)), Some(addr)) => {
+                engine.shelve(&model);
+                let (engine, addr, rows, made) = (
+                    engine.clone(),
+                    addr.clone(),
+                    batch.rows.clone(),
+                    Instant::now(),
+                );
+                rt.spawn(async move {
+                    let ran = engine.run(model, rows, made).await;
+                    addr.do_send(BatchRan { id, ran });
+                });
+                job.batch = Some(batch);
+            }
+            (Some((batch, model)), _, _) => {
+                let started = Instant::now();
+                let outcome = model.predict(&batch.rows).map_err(|e| e.to_string());
+                self.load.batch(batch.len(), started.elapsed());
+                job.predictions = self.predictor.as_ref().map(|p| p.finish(batch, outcome));
+            }
+            (None, ..) => {}
+        }
+        if job.batch.is_none() && job.predictions.is_none() {
+            job.predictions = Some(vec![None; job.windows.len()]);
+        }
+        self.in_flight.push_back(job);
+    }
+
+    /// Closes the windows the clock has passed and starts their predictions; appends the windows
+    /// whose predictions are in (and any still pending).
     fn close_windows(&mut self) {
         let now = self.clock.now_ms();
         let Some(agg) = self.aggregator() else {
             return;
         };
         let closed = agg.advance(now);
-        let predictions = self.predict(&closed);
-        for (w, predicted) in closed.iter().zip(predictions) {
-            let mut records = vec![(
-                StreamKind::Aggregates,
-                w.to_record(predicted.map(|p| p.value)),
-            )];
-            if let Some(p) = predicted {
-                // The prediction is for the window that starts where this one ends.
-                records.push((
-                    StreamKind::Results,
-                    Record {
-                        ts_ms: w.end_ms,
-                        values: p.values(),
-                    },
-                ));
-            }
-            for (kind, record) in records {
-                match StreamId::new(self.me.clone(), kind, w.approach.as_str()) {
-                    Ok(stream) => {
-                        let pending = self.windows_pending.entry(stream).or_default();
-                        pending.push(record);
-                        if pending.len() > WINDOWS_PENDING_MAX {
-                            let excess = pending.len() - WINDOWS_PENDING_MAX;
-                            pending.drain(..excess);
-                            error!(
-                                approach = %w.approach,
-                                dropped = excess,
-                                kind = kind.as_str(),
-                                "windows dropped: the approach's stream has refused appends for too long"
-                            );
-                        }
+        if !closed.is_empty() {
+            self.start_batch(closed);
+        }
+        self.append_windows();
+    }
+
+    /// Queues a closed window's record, and its prediction's, for appending.
+    fn queue_window(
+        &mut self,
+        w: &verge_traffic::window::Window,
+        predicted: Option<crate::prediction::Prediction>,
+    ) {
+        let mut records = vec![(
+            StreamKind::Aggregates,
+            w.to_record(predicted.map(|p| p.value)),
+        )];
+        if let Some(p) = predicted {
+            // The prediction is for the window that starts where this one ends.
+            records.push((
+                StreamKind::Results,
+                Record {
+                    ts_ms: w.end_ms,
+                    values: p.values(),
+                },
+            ));
+        }
+        for (kind, record) in records {
+            match StreamId::new(self.me.clone(), kind, w.approach.as_str()) {
+                Ok(stream) => {
+                    let pending = self.windows_pending.entry(stream).or_default();
+                    pending.push(record);
+                    if pending.len() > WINDOWS_PENDING_MAX {
+                        let excess = pending.len() - WINDOWS_PENDING_MAX;
+                        pending.drain(..excess);
+                        error!(
+                            approach = %w.approach,
+                            dropped = excess,
+                            kind = kind.as_str(),
+                            "windows dropped: the approach's stream has refused appends for too long"
+                        );
                     }
-                    Err(e) => error!("approach `{}` makes no stream id: {e}", w.approach),
                 }
+                Err(e) => error!("approach `{}` makes no stream id: {e}", w.approach),
+            }
+        }
+    }
+
+    /// Queues the windows of the oldest batches whose predictions are in, in order, and appends
+    /// every stream's queued windows that can be.
+    fn append_windows(&mut self) {
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|j| j.predictions.is_some())
+        {
+            let Some(job) = self.in_flight.pop_front() else {
+                break;
+            };
+            let predictions = job.predictions.unwrap_or_default();
+            for (i, w) in job.windows.iter().enumerate() {
+                self.queue_window(w, predictions.get(i).copied().flatten());
             }
         }
         let streams: Vec<StreamId> = self.windows_pending.keys().cloned().collect();
@@ -1174,6 +1272,7 @@ impl Actor for StoreActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.me_addr = Some(ctx.address());
         if let Err(e) = self.build_cores() {
             error!("{e}; retrying");
         }
@@ -1187,7 +1286,9 @@ impl Actor for StoreActor {
             |act, _| act.tick(),
         );
         ctx.run_interval(GAUGE_INTERVAL, |act, _| act.refresh_gauges());
-        ctx.run_interval(AGGREGATE_TICK, |act, _| act.close_windows());
+        let tick = (Duration::from_millis(self.windows.window_ms) / 4)
+            .clamp(AGGREGATE_TICK_MIN, AGGREGATE_TICK_MAX);
+        ctx.run_interval(tick, |act, _| act.close_windows());
         ctx.run_interval(
             Duration::from_millis(self.cfg.retention_interval_ms),
             |act, _| act.enforce_retention(),
@@ -1367,9 +1468,41 @@ pub struct InstallModel {
 impl Handler<InstallModel> for StoreActor {
     type Result = bool;
     fn handle(&mut self, msg: InstallModel, _: &mut Self::Context) -> bool {
+        if let Some((engine, _)) = &self.engine {
+            engine.shelve(&msg.model);
+        }
         self.predictor
             .as_mut()
             .is_some_and(|p| p.install(msg.model))
+    }
+}
+
+/// A prediction batch came back from the engine.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct BatchRan {
+    id: u64,
+    ran: crate::engine::Ran,
+}
+
+impl Handler<BatchRan> for StoreActor {
+    type Result = ();
+    fn handle(&mut self, msg: BatchRan, _: &mut Self::Context) {
+        let Some(job) = self.in_flight.iter_mut().find(|j| j.id == msg.id) else {
+            return;
+        };
+        let by = msg.ran.computed_by.as_ref().map_or(0, NodeId::tag);
+        job.predictions = Some(match (job.batch.take(), self.predictor.as_ref()) {
+            (Some(batch), Some(p)) => {
+                let mut predictions = p.finish(batch, msg.ran.outcome);
+                for p in predictions.iter_mut().flatten() {
+                    p.computed_by = by;
+                }
+                predictions
+            }
+            _ => vec![None; job.windows.len()],
+        });
+        self.append_windows();
     }
 }
 

@@ -215,6 +215,38 @@ pub struct NodeStatus {
     pub peers_down: u32,
     /// The node's sensor source, if it has one.
     pub sensor: Option<SensorStatus>,
+    /// Its inference batches: where they ran and how long they took.
+    #[serde(default)]
+    pub inference: InferenceStatus,
+}
+
+/// A node's inference batches since it started (`verge ctl status`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InferenceStatus {
+    /// Offload is on: batches that would miss their deadline here go to a neighbour.
+    pub offload: bool,
+    /// A batch's deadline, from its windows closing to its predictions, in milliseconds.
+    pub deadline_ms: u64,
+    /// The node's configured slowdown (1: its real speed).
+    pub slowdown: f64,
+    /// Its own batches, and their rows.
+    pub batches: u64,
+    /// Rows of its own batches.
+    pub rows: u64,
+    /// Rows of its own batches a neighbour computed.
+    pub offloaded_rows: u64,
+    /// Offloaded batches that came back with no answer (helper gone, stalled, refused) and were
+    /// run again here.
+    pub retried: u64,
+    /// Rows of neighbours' batches it computed for them.
+    pub taken_rows: u64,
+    /// Its own batches that finished after their deadline.
+    pub missed: u64,
+    /// Latency of its last batches (up to 1,000), from the windows closing to the predictions:
+    /// median and 99th percentile, in milliseconds.
+    pub p50_ms: f64,
+    /// See `p50_ms`.
+    pub p99_ms: f64,
 }
 
 /// What a node's sensor source is doing.

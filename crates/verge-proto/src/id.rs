@@ -62,6 +62,17 @@ impl NodeId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A short number for the id (32-bit FNV-1a, never 0), where a record's numeric column must
+    /// name a node: exact in an `f64`, and 0 stays free for "this node".
+    pub fn tag(&self) -> u32 {
+        let mut h: u32 = 0x811c_9dc5;
+        for b in self.0.bytes() {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        h.max(1)
+    }
 }
 
 impl FromStr for NodeId {

@@ -64,6 +64,10 @@ pub struct LoadReport {
     pub rows: u64,
     /// The node is drained: it takes no offloaded work.
     pub drained: bool,
+    /// Rows of this node's own batches that a neighbour computed.
+    pub offloaded_rows: u64,
+    /// Rows of neighbours' batches this node computed for them.
+    pub taken_rows: u64,
 }
 
 /// What one node asks another, answered on the same stream.
@@ -94,6 +98,25 @@ pub enum PeerRequest {
     },
     /// The models the node runs.
     Models,
+    /// Run one inference batch for the asker (offload); answered with
+    /// [`PeerReply::Inferred`].
+    Infer(InferRequest),
+}
+
+/// An inference batch offloaded to a neighbour.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InferRequest {
+    /// The model's name; the helper runs its own copy.
+    pub model: String,
+    /// The model's version: a helper running another version refuses, so a prediction never
+    /// mixes versions.
+    pub version: String,
+    /// Values per row.
+    pub features: u32,
+    /// The rows, row after row.
+    pub rows: Vec<f32>,
+    /// Milliseconds left until the asker's deadline: a helper that cannot start in time refuses.
+    pub deadline_ms: u32,
 }
 
 /// One stream as a peer reports it.
@@ -120,6 +143,8 @@ pub enum PeerReply {
     ModelBundle(Bytes),
     /// The models the node runs.
     Models(crate::model::NodeModels),
+    /// The outputs of an offloaded batch, one per row.
+    Inferred(Vec<f32>),
     /// The request could not be served.
     Error(String),
 }

@@ -188,7 +188,23 @@ struct LoadJson {
     queued_rows: u32,
     rows: u64,
     drained: bool,
+    /// Rows of its own batches a neighbour computed, and its share of its own rows.
+    offloaded_rows: u64,
+    offloaded_share: f64,
+    /// Rows of neighbours' batches it computed.
+    taken_rows: u64,
     age_ms: u64,
+}
+
+/// The share of a node's own rows that neighbours computed: `rows` counts what it computed,
+/// its own and taken ones.
+fn offloaded_share(l: &verge_proto::peer::LoadReport) -> f64 {
+    let own = (l.rows + l.offloaded_rows).saturating_sub(l.taken_rows);
+    if own == 0 {
+        0.0
+    } else {
+        l.offloaded_rows as f64 / own as f64
+    }
 }
 
 pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
@@ -639,6 +655,7 @@ fn print_status(s: &NodeStatus, json: bool) -> anyhow::Result<()> {
                 "peers_suspect": s.peers_suspect,
                 "peers_down": s.peers_down,
                 "sensor": sensor,
+                "inference": serde_json::to_value(&s.inference)?,
             })
         );
     } else {
@@ -657,6 +674,28 @@ fn print_status(s: &NodeStatus, json: bool) -> anyhow::Result<()> {
             ),
             None => println!("sensor   none configured"),
         }
+        let i = &s.inference;
+        let offloaded = if i.rows == 0 {
+            0.0
+        } else {
+            100.0 * i.offloaded_rows as f64 / i.rows as f64
+        };
+        println!(
+            "infer    {} batches, {} rows; p50 {:.1} ms, p99 {:.1} ms, {} past the {} ms deadline",
+            i.batches, i.rows, i.p50_ms, i.p99_ms, i.missed, i.deadline_ms
+        );
+        println!(
+            "offload  {}: {offloaded:.0}% of own rows sent to neighbours ({} rows, {} retried batches), {} rows taken in{}",
+            if i.offload { "on" } else { "off" },
+            i.offloaded_rows,
+            i.retried,
+            i.taken_rows,
+            if i.slowdown > 1.0 {
+                format!(", slowed down x{}", i.slowdown)
+            } else {
+                String::new()
+            }
+        );
     }
     Ok(())
 }
@@ -813,8 +852,12 @@ pub fn members_table(members: &[MemberView]) -> String {
             || "-".to_owned(),
             |(l, age)| {
                 let mut text = format!(
-                    "{:.1} us/row, {} queued, {} rows",
-                    l.us_per_row, l.queued_rows, l.rows
+                    "{:.1} us/row, {} queued, {} rows, offloaded {:.0}%, took {}",
+                    l.us_per_row,
+                    l.queued_rows,
+                    l.rows,
+                    100.0 * offloaded_share(&l),
+                    l.taken_rows
                 );
                 if l.drained {
                     text.push_str(", drained");
@@ -856,6 +899,9 @@ fn print_members(members: &[MemberView], json: bool) -> anyhow::Result<()> {
                     queued_rows: l.queued_rows,
                     rows: l.rows,
                     drained: l.drained,
+                    offloaded_rows: l.offloaded_rows,
+                    offloaded_share: offloaded_share(&l),
+                    taken_rows: l.taken_rows,
                     age_ms,
                 }),
             })
