@@ -57,8 +57,9 @@ async fn every_closed_window_carries_the_models_prediction_of_the_next() {
             .expect("the model loads here too");
         let mut checked = 0;
         for (_, r) in &results {
-            // The prediction, then its three upstream slots: none shared here (-1).
-            assert_eq!(r.values[1..], [-1.0, -1.0, -1.0], "{r:?}");
+            // The prediction, its three upstream slots (none shared here: -1), and who computed
+            // it (0: this node; it has no neighbour to offload to).
+            assert_eq!(r.values[1..], [-1.0, -1.0, -1.0, 0.0], "{r:?}");
             let p = r.values[0];
             assert!(p.is_finite() && p >= 0.0, "{r:?}");
             // The window this prediction was made at closes where the predicted one starts.

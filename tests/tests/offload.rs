@@ -217,11 +217,17 @@ async fn a_slow_node_meets_its_deadline_by_offloading_and_loses_nothing_to_a_dyi
             .expect("the slow node's load");
         assert!(slow_load.0.offloaded_rows > 0, "{slow_load:?}");
 
-        // 3. One helper stalls (SIGSTOP) for 2 s while batches are on it, then dies (SIGKILL).
+        // 3. The helper it uses stalls (SIGSTOP) for 2 s while batches are on it, then dies
+        // (SIGKILL). With two neighbours both are drawn and the less loaded one takes every
+        // batch, so the helper is the one whose taken rows grow.
         let retried_before = helped.retried;
-        c.signal(2, Signal::SIGSTOP).expect("stop b3");
+        let taken_0 = [status(&c, 0).await.taken_rows, status(&c, 2).await.taken_rows];
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let taken_1 = [status(&c, 0).await.taken_rows, status(&c, 2).await.taken_rows];
+        let helper = if taken_1[0] - taken_0[0] >= taken_1[1] - taken_0[1] { 0 } else { 2 };
+        c.signal(helper, Signal::SIGSTOP).expect("stop the helper");
         tokio::time::sleep(Duration::from_secs(2)).await;
-        c.kill(2).expect("kill b3");
+        c.kill(helper).expect("kill the helper");
         tokio::time::sleep(Duration::from_secs(2)).await;
         let after = status(&c, SLOW).await;
         assert!(

@@ -110,6 +110,8 @@ struct Stats {
     missed: u64,
     /// Latencies of the last batches, in milliseconds.
     latencies: VecDeque<f64>,
+    /// End-to-end latencies of the last windows, in milliseconds.
+    windows: VecDeque<f64>,
 }
 
 impl Engine {
@@ -398,11 +400,24 @@ impl Engine {
         f(&mut self.0.stats.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
+    /// A window's record, prediction included, was acknowledged by its replicas `latency` after
+    /// the window could close.
+    pub fn window_acknowledged(&self, latency: Duration) {
+        self.stats(|s| {
+            s.windows.push_back(latency.as_secs_f64() * 1e3);
+            while s.windows.len() > LATENCIES_KEPT {
+                s.windows.pop_front();
+            }
+        });
+    }
+
     /// What `verge ctl status` shows.
     pub fn status(&self) -> InferenceStatus {
         let s = self.0.stats.lock().unwrap_or_else(PoisonError::into_inner);
         let mut sorted: Vec<f64> = s.latencies.iter().copied().collect();
         sorted.sort_by(f64::total_cmp);
+        let mut windows: Vec<f64> = s.windows.iter().copied().collect();
+        windows.sort_by(f64::total_cmp);
         InferenceStatus {
             offload: self.0.cfg.offload,
             deadline_ms: u64::try_from(self.0.cfg.deadline.as_millis()).unwrap_or(u64::MAX),
@@ -415,6 +430,8 @@ impl Engine {
             missed: s.missed,
             p50_ms: percentile(&sorted, 0.50),
             p99_ms: percentile(&sorted, 0.99),
+            window_p50_ms: percentile(&windows, 0.50),
+            window_p99_ms: percentile(&windows, 0.99),
         }
     }
 }

@@ -268,6 +268,9 @@ pub struct StoreActor {
     next_batch: u64,
     /// This actor's address, for batches coming back.
     me_addr: Option<Addr<StoreActor>>,
+    /// Per aggregate stream, appended windows not yet acknowledged by their replicas: the last
+    /// sequence of an append and when its newest window was due to close (wall clock, ms).
+    windows_unacked: BTreeMap<StreamId, VecDeque<(u64, i64)>>,
 }
 
 /// One batch of closed windows and, once known, their predictions.
@@ -322,6 +325,7 @@ impl StoreActor {
             in_flight: VecDeque::new(),
             next_batch: 0,
             me_addr: None,
+            windows_unacked: BTreeMap::new(),
         }
     }
 
@@ -693,6 +697,17 @@ impl StoreActor {
     }
 
     fn ack_producers(&mut self, stream: &StreamId, up_to: u64, replicas: usize, degraded: bool) {
+        if let Some(unacked) = self.windows_unacked.get_mut(stream) {
+            let now = now_ms();
+            while let Some(&(_, due_ms)) = unacked.front().filter(|(seq, _)| *seq <= up_to) {
+                unacked.pop_front();
+                if let Some((engine, _)) = &self.engine {
+                    engine.window_acknowledged(Duration::from_millis(
+                        u64::try_from(now.saturating_sub(due_ms)).unwrap_or(0),
+                    ));
+                }
+            }
+        }
         let Some(by_seq) = self.waiting.get_mut(stream) else {
             return;
         };
@@ -1168,9 +1183,27 @@ impl StoreActor {
                 continue;
             };
             let mut result = IngestResult::default();
-            if self.append_own(&stream, &records, &mut result).is_some() {
+            if let Some(first) = self.append_own(&stream, &records, &mut result) {
                 if stream.kind == StreamKind::Aggregates {
                     self.metrics.gateway().windows(records.len() as u64, 0);
+                    // End to end, from when the newest window could close (its end plus the
+                    // allowed lateness, on the wall clock) to its record, prediction included,
+                    // acknowledged by its replicas. Only for sources on the wall clock.
+                    if !self.clock.is_paced()
+                        && let Some(newest) = records.last()
+                    {
+                        let due = newest.ts_ms.saturating_add(
+                            i64::try_from(
+                                self.windows.window_ms + self.windows.allowed_lateness_ms,
+                            )
+                            .unwrap_or(i64::MAX),
+                        );
+                        let last = first + records.len() as u64 - 1;
+                        self.windows_unacked
+                            .entry(stream.clone())
+                            .or_default()
+                            .push_back((last, due));
+                    }
                 }
                 debug!(%stream, records = records.len(), "windows appended");
             } else {

@@ -247,6 +247,12 @@ pub struct InferenceStatus {
     pub p50_ms: f64,
     /// See `p50_ms`.
     pub p99_ms: f64,
+    /// End to end for its last windows (up to 1,000): from when a window could close (its end
+    /// plus the allowed lateness) to its record, prediction included, acknowledged by its
+    /// replicas; median and 99th percentile in milliseconds. Only for wall-clock sources.
+    pub window_p50_ms: f64,
+    /// See `window_p50_ms`.
+    pub window_p99_ms: f64,
 }
 
 /// What a node's sensor source is doing.

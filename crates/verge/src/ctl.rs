@@ -685,6 +685,10 @@ fn print_status(s: &NodeStatus, json: bool) -> anyhow::Result<()> {
             i.batches, i.rows, i.p50_ms, i.p99_ms, i.missed, i.deadline_ms
         );
         println!(
+            "windows  closed to predicted, aggregated and replicated: p50 {:.1} ms, p99 {:.1} ms",
+            i.window_p50_ms, i.window_p99_ms
+        );
+        println!(
             "offload  {}: {offloaded:.0}% of own rows sent to neighbours ({} rows, {} retried batches), {} rows taken in{}",
             if i.offload { "on" } else { "off" },
             i.offloaded_rows,

@@ -2,6 +2,7 @@
 //! benchmarks. This file only parses arguments and calls into the crates; errors become a message
 //! on stderr and an exit code.
 
+mod bench_corridor;
 mod bench_gateway;
 mod bench_net;
 mod bench_replay;
@@ -202,6 +203,9 @@ enum BenchCommand {
     /// SUMO detector rows one node ingests per second (parse, validate, store, replicate)
     /// against parsing and validating alone.
     Replay(bench_replay::BenchReplayArgs),
+    /// End to end on a corridor (window closed to predicted, aggregated and replicated) and a
+    /// node ten times slower with and without offload, on real nodes.
+    Corridor(bench_corridor::BenchCorridorArgs),
     /// The default model through tract at batch 1 and 64 against onnxruntime (Python, one
     /// thread) on the same inputs, when onnxruntime is installed.
     Infer(BenchInferArgs),
@@ -373,6 +377,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     Err(e) => Err(e.into()),
                 }
             })
+        }
+        Command::Bench(BenchCommand::Corridor(args)) => {
+            runtime()?.block_on(bench_corridor::run(&args))?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Store(args)) => {
             runtime()?.block_on(bench_store::run(&args))?;
