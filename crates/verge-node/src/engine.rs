@@ -39,6 +39,8 @@ use crate::offload::{Batch, Load, LoadGauge, Placement, Planner, PlannerConfig};
 
 /// Latencies kept for the status's percentiles.
 const LATENCIES_KEPT: usize = 1_000;
+/// Batches in the status's recent percentile.
+const RECENT: usize = 100;
 /// Attempts on neighbours before a batch runs here regardless.
 const REMOTE_ATTEMPTS: usize = 2;
 /// The least time an offloaded batch is given to come back.
@@ -415,7 +417,9 @@ impl Engine {
     pub fn status(&self) -> InferenceStatus {
         let s = self.0.stats.lock().unwrap_or_else(PoisonError::into_inner);
         let mut sorted: Vec<f64> = s.latencies.iter().copied().collect();
+        let mut recent = sorted[sorted.len().saturating_sub(RECENT)..].to_vec();
         sorted.sort_by(f64::total_cmp);
+        recent.sort_by(f64::total_cmp);
         let mut windows: Vec<f64> = s.windows.iter().copied().collect();
         windows.sort_by(f64::total_cmp);
         InferenceStatus {
@@ -430,6 +434,7 @@ impl Engine {
             missed: s.missed,
             p50_ms: percentile(&sorted, 0.50),
             p99_ms: percentile(&sorted, 0.99),
+            recent_p99_ms: percentile(&recent, 0.99),
             window_p50_ms: percentile(&windows, 0.50),
             window_p99_ms: percentile(&windows, 0.99),
         }

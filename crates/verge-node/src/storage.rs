@@ -1098,6 +1098,25 @@ impl StoreActor {
         self.in_flight.push_back(job);
     }
 
+    /// On the wall clock, windows close the moment the watermark passes their end (end plus the
+    /// allowed lateness): a timer for that instant, so a window does not wait for the next tick.
+    fn schedule_close(&self, ctx: &mut Context<Self>) {
+        let w = i64::try_from(self.windows.window_ms)
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let lateness = i64::try_from(self.windows.allowed_lateness_ms).unwrap_or(0);
+        let delay = w - (now_ms() - lateness).rem_euclid(w) + 1;
+        ctx.run_later(
+            Duration::from_millis(u64::try_from(delay).unwrap_or(1)),
+            |act, ctx| {
+                if !act.clock.is_paced() {
+                    act.close_windows();
+                }
+                act.schedule_close(ctx);
+            },
+        );
+    }
+
     /// Closes the windows the clock has passed and starts their predictions; appends the windows
     /// whose predictions are in (and any still pending).
     fn close_windows(&mut self) {
@@ -1322,6 +1341,7 @@ impl Actor for StoreActor {
         let tick = (Duration::from_millis(self.windows.window_ms) / 4)
             .clamp(AGGREGATE_TICK_MIN, AGGREGATE_TICK_MAX);
         ctx.run_interval(tick, |act, _| act.close_windows());
+        self.schedule_close(ctx);
         ctx.run_interval(
             Duration::from_millis(self.cfg.retention_interval_ms),
             |act, _| act.enforce_retention(),

@@ -247,6 +247,8 @@ pub struct InferenceStatus {
     pub p50_ms: f64,
     /// See `p50_ms`.
     pub p99_ms: f64,
+    /// The 99th percentile over its last 100 batches only (past a restart's first batches).
+    pub recent_p99_ms: f64,
     /// End to end for its last windows (up to 1,000): from when a window could close (its end
     /// plus the allowed lateness) to its record, prediction included, acknowledged by its
     /// replicas; median and 99th percentile in milliseconds. Only for wall-clock sources.

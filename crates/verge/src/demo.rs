@@ -167,6 +167,9 @@ struct NodeSample {
     predictions: Option<f64>,
     /// Predictions taken from the upstream node (`verge_shared_records_total`).
     shared: Option<f64>,
+    /// Its inference (`verge ctl status`): rows of its own batches, of those run by a neighbour,
+    /// and rows it ran for neighbours.
+    inference: Option<verge_proto::admin::InferenceStatus>,
     /// The largest lag of a replica of its own streams.
     lag: Option<u64>,
     /// Readings of its own raw streams on disk.
@@ -186,13 +189,13 @@ impl NodeSample {
 async fn sample(cluster: &LocalCluster, i: usize) -> NodeSample {
     let admin = cluster.admin();
     let node = &cluster.nodes[i];
+    let status = admin.status(node.listen).await.ok();
     let mut s = NodeSample {
-        readings: admin
-            .status(node.listen)
-            .await
-            .ok()
-            .and_then(|st| st.sensor)
+        readings: status
+            .as_ref()
+            .and_then(|st| st.sensor.as_ref())
             .map(|sensor| sensor.readings),
+        inference: status.map(|st| st.inference),
         predictions: http_metric(node.metrics, "verge_predictions_total{result=\"ok\"}").await,
         shared: if i == 0 {
             None
@@ -555,7 +558,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         for (i, (s, b)) in now_s.iter().zip(&before.1).enumerate() {
             let _ = write!(
                 out,
-                "\n  {:<4} {:>7} readings/s  {:>5} predictions/s  replica lag {}",
+                "\n  {:<4} {:>7} readings/s  {:>5} predictions/s  replica lag {}  offloaded {}",
                 cluster.nodes[i].id.as_str(),
                 rate(
                     s.readings.map(|r| r as f64),
@@ -564,6 +567,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 ),
                 rate(s.predictions, b.predictions, secs),
                 s.lag.map_or("?".into(), |l| l.to_string()),
+                s.inference.as_ref().map_or("?".into(), |i| format!(
+                    "{:.0}%",
+                    100.0 * i.offloaded_rows as f64 / i.rows.max(1) as f64
+                )),
             );
         }
         println!("{out}");
@@ -631,6 +638,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             shared as u64
         );
     }
+    let (rows, offloaded) = last_samples
+        .iter()
+        .filter_map(|s| s.inference.as_ref())
+        .fold((0, 0), |(r, o), i| (r + i.rows, o + i.offloaded_rows));
+    println!(
+        "  offloaded            {:.1}% of {rows} inference rows ran on a neighbour ({offloaded} rows)",
+        100.0 * offloaded as f64 / rows.max(1) as f64
+    );
     println!(
         "  windows              {} produced by the nodes, {} in the cloud",
         last_cmp.produced, last_cmp.held
