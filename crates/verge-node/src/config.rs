@@ -1055,6 +1055,19 @@ relation = "downstream"
             ),
             (format!("{text}[replication]\nreplica = 2\n"), "replica"),
             (
+                format!("{text}[offload]\nslowdown = 0.5\n"),
+                "offload.slowdown",
+            ),
+            (
+                format!("{text}[offload]\nslowdown = nan\n"),
+                "offload.slowdown",
+            ),
+            (
+                format!("{text}[offload]\ndeadline_ms = 0\n"),
+                "offload.deadline_ms",
+            ),
+            (format!("{text}[offload]\nenable = true\n"), "enable"),
+            (
                 format!("{text}[replication]\nshortfall = \"maybe\"\n"),
                 "maybe",
             ),

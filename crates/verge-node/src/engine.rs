@@ -452,7 +452,123 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use verge_infer::{Registry, features, synthetic};
+
     use super::*;
+
+    fn engine(cfg: EngineConfig) -> Engine {
+        let me: NodeId = "b1".parse().expect("id");
+        Engine::new(
+            me,
+            cfg,
+            PeerLinks::new(std::iter::empty(), 1 << 20),
+            LoadGauge::default(),
+            Metrics::new(),
+        )
+    }
+
+    fn model(dir: &std::path::Path) -> Arc<Model> {
+        let manifest = synthetic::write_mlp(dir, "m", "1", 16, 1, 3).expect("write");
+        Registry::new()
+            .load(&manifest, Some(&features::SIGNATURE))
+            .expect("load")
+    }
+
+    fn request(rows: usize, version: &str) -> InferRequest {
+        InferRequest {
+            model: "m".into(),
+            version: version.into(),
+            features: features::FEATURES as u32,
+            rows: vec![0.5; rows * features::FEATURES],
+            deadline_ms: 1_000,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_with_no_neighbour_runs_here_and_is_counted() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (e, m) = (engine(EngineConfig::default()), model(dir.path()));
+        let rows = vec![0.5; 3 * features::FEATURES];
+        let expected = m.predict(&rows).expect("predict");
+        let ran = e.run(m, rows, Instant::now()).await;
+        assert_eq!(ran.outcome, Ok(expected));
+        assert_eq!(ran.computed_by, None);
+        let s = e.status();
+        assert_eq!((s.batches, s.rows, s.offloaded_rows), (1, 3, 0));
+        // The load the neighbours hear now knows this node's speed.
+        let load = e.0.gauge.report(false);
+        assert!(load.rows == 3 && load.us_per_row > 0.0 && load.queued_rows == 0);
+    }
+
+    #[tokio::test]
+    async fn offloaded_batches_are_refused_when_drained_of_another_version_or_malformed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (e, m) = (engine(EngineConfig::default()), model(dir.path()));
+        let asker: NodeId = "b2".parse().expect("id");
+        let refused = |r: PeerReply, what: &str| match r {
+            PeerReply::Error(e) => assert!(e.contains(what), "{e}"),
+            other => panic!("not refused: {other:?}"),
+        };
+        // Nothing on the shelf yet.
+        refused(
+            e.serve(&asker, request(2, "1"), false).await,
+            "does not run",
+        );
+        e.shelve(&m);
+        refused(e.serve(&asker, request(2, "1"), true).await, "drained");
+        refused(
+            e.serve(&asker, request(2, "2"), false).await,
+            "does not run",
+        );
+        let mut ragged = request(2, "1");
+        ragged.rows.pop();
+        refused(e.serve(&asker, ragged, false).await, "do not make rows");
+        let mut none = request(0, "1");
+        none.rows.clear();
+        refused(e.serve(&asker, none, false).await, "do not make rows");
+        refused(
+            e.serve(&asker, request(SERVE_ROWS_MAX + 1, "1"), false)
+                .await,
+            "more than",
+        );
+        assert_eq!(e.status().taken_rows, 0);
+        // A good one runs on this node's worker and is counted as taken.
+        match e.serve(&asker, request(2, "1"), false).await {
+            PeerReply::Inferred(out) => assert_eq!(out.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(e.status().taken_rows, 2);
+        assert_eq!(e.0.gauge.report(false).taken_rows, 2);
+    }
+
+    #[tokio::test]
+    async fn a_slowdown_stretches_local_batches() {
+        let dir = tempfile::tempdir().expect("dir");
+        let m = model(dir.path());
+        let slow = engine(EngineConfig {
+            slowdown: 50.0,
+            ..EngineConfig::default()
+        });
+        let rows = vec![0.5; 64 * features::FEATURES];
+        // The fastest of a few warm runs: a compute time the engine's own can only exceed.
+        let compute = (0..4)
+            .map(|_| {
+                let t = Instant::now();
+                m.predict(&rows).expect("predict");
+                t.elapsed()
+            })
+            .min()
+            .unwrap_or_default();
+        let ran = slow.run(m, rows, Instant::now()).await;
+        assert!(ran.outcome.is_ok());
+        // The batch took 50 compute times (49 of them asleep); 10 leaves room for noise.
+        assert!(
+            f64::from(slow.0.gauge.report(false).us_per_row) * 64.0
+                >= compute.as_secs_f64() * 1e6 * 10.0,
+            "{:?} vs compute {compute:?}",
+            slow.0.gauge.report(false)
+        );
+    }
 
     #[test]
     fn percentiles_are_nearest_rank() {
