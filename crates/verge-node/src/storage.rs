@@ -59,6 +59,11 @@ pub const OUTBOX_MESSAGES_MAX: usize = 1024;
 /// How often the aggregation windows are closed against the clock: a quarter window, within
 /// these bounds, so a window's predictions start soon after it ends and each batch holds one
 /// window per approach.
+/// The longest a prediction batch may be out before its windows are appended without it.
+const IN_FLIGHT_MAX: Duration = Duration::from_secs(60);
+/// Appended windows per aggregate stream awaiting their replicas' acknowledgement, kept for the
+/// end-to-end latency; older ones are forgotten (a stream whose replicas stay away).
+const WINDOWS_UNACKED_MAX: usize = 4_096;
 const AGGREGATE_TICK_MIN: Duration = Duration::from_millis(25);
 const AGGREGATE_TICK_MAX: Duration = Duration::from_millis(250);
 /// Closed windows of one approach waiting to be appended (the stream is recovering after a
@@ -277,6 +282,8 @@ pub struct StoreActor {
 #[derive(Debug)]
 struct InFlight {
     id: u64,
+    /// When the batch started.
+    started: Instant,
     windows: Vec<verge_traffic::window::Window>,
     /// The rows sent to the engine, until it answers.
     batch: Option<crate::prediction::PreparedBatch>,
@@ -1065,6 +1072,7 @@ impl StoreActor {
         let prepared = self.predictor.as_mut().and_then(|p| p.prepare(&closed));
         let mut job = InFlight {
             id,
+            started: Instant::now(),
             windows: closed,
             batch: None,
             predictions: None,
@@ -1175,6 +1183,20 @@ impl StoreActor {
     /// Queues the windows of the oldest batches whose predictions are in, in order, and appends
     /// every stream's queued windows that can be.
     fn append_windows(&mut self) {
+        // The engine always answers; should a batch still be out after this long, its windows
+        // go out without predictions rather than hold back every later window.
+        if let Some(job) = self
+            .in_flight
+            .front_mut()
+            .filter(|j| j.predictions.is_none() && j.started.elapsed() > IN_FLIGHT_MAX)
+        {
+            error!(
+                windows = job.windows.len(),
+                "a prediction batch got no answer in {IN_FLIGHT_MAX:?}; its windows are appended without predictions"
+            );
+            job.batch = None;
+            job.predictions = Some(vec![None; job.windows.len()]);
+        }
         while self
             .in_flight
             .front()
@@ -1218,10 +1240,11 @@ impl StoreActor {
                             .unwrap_or(i64::MAX),
                         );
                         let last = first + records.len() as u64 - 1;
-                        self.windows_unacked
-                            .entry(stream.clone())
-                            .or_default()
-                            .push_back((last, due));
+                        let unacked = self.windows_unacked.entry(stream.clone()).or_default();
+                        unacked.push_back((last, due));
+                        if unacked.len() > WINDOWS_UNACKED_MAX {
+                            unacked.pop_front();
+                        }
                     }
                 }
                 debug!(%stream, records = records.len(), "windows appended");
@@ -1352,8 +1375,15 @@ impl Actor for StoreActor {
 impl Handler<Shutdown> for StoreActor {
     type Result = ();
     fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
-        // Whatever was appended gets its flush before the process goes; producers still waiting
-        // for replicas are told their readings were not acknowledged.
+        // Closed windows whose predictions are still out are appended without them (a window
+        // lost here would never close again); whatever was appended gets its flush before the
+        // process goes; producers still waiting for replicas are told their readings were not
+        // acknowledged.
+        for job in self.in_flight.iter_mut().filter(|j| j.predictions.is_none()) {
+            job.batch = None;
+            job.predictions = Some(vec![None; job.windows.len()]);
+        }
+        self.append_windows();
         self.flush_blocking();
         self.fail_producers("the node is shutting down before the readings were replicated");
         ctx.stop();

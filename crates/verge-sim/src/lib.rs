@@ -9,6 +9,7 @@
 mod admin;
 mod cloud;
 mod cluster;
+pub mod scenario;
 pub mod sumo;
 
 pub use admin::{AdminClient, AdminError};
