@@ -172,13 +172,20 @@ async fn a_slow_node_meets_its_deadline_by_offloading_and_loses_nothing_to_a_dyi
             "batch {batch:?}, deadline {deadline_ms} ms: without offload the slow node should miss it: {alone:?}"
         );
 
-        // 2. Offload on (same node, restarted): its batches go to its neighbours and come back
-        // within the deadline.
+        // 2. Offload on (same node, restarted), with a deadline it misses on more than half
+        // of its batches alone: half its median batch time alone (at least the first one).
+        // The batch times in the nodes, not in this process, set it, so a busier machine
+        // stretches both sides alike.
+        let deadline2 = ((alone.p50_ms / 2.0).ceil() as u64).max(deadline_ms);
+        assert!(alone.p50_ms > deadline2 as f64, "{alone:?}");
         c.terminate(SLOW, Duration::from_secs(10)).expect("stop");
         let config = std::fs::read_to_string(&c.nodes[SLOW].config).expect("read");
         std::fs::write(
             &c.nodes[SLOW].config,
-            config.replace("enabled = false\n", "enabled = true\n"),
+            config.replace("enabled = false\n", "enabled = true\n").replace(
+                &format!("deadline_ms = {deadline_ms}\n"),
+                &format!("deadline_ms = {deadline2}\n"),
+            ),
         )
         .expect("write");
         c.start(SLOW).expect("restart");
@@ -191,15 +198,16 @@ async fn a_slow_node_meets_its_deadline_by_offloading_and_loses_nothing_to_a_dyi
         // Right after its start it has heard no neighbour yet and runs its first batches
         // itself; after that, at most 1% of its batches may miss the deadline (p99 within it).
         let warm = wait_batches(&c, SLOW, 20).await;
-        let helped = wait_batches(&c, SLOW, 20 + 150).await;
+        let helped = wait_batches(&c, SLOW, 20 + 200).await;
         assert!(helped.offload, "{helped:?}");
+        println!("deadline {deadline_ms} ms, alone {alone:?}\ndeadline {deadline2} ms, with offload {helped:?}");
         let (n, missed) = (
             helped.batches - warm.batches,
             helped.missed - warm.missed,
         );
         assert!(
             missed * 100 <= n,
-            "batch {batch:?}, deadline {deadline_ms} ms: with offload the slow node should meet it: {missed} of {n} batches missed it after warm-up; {helped:?}\n{}",
+            "batch {batch:?}, deadline {deadline2} ms: with offload the slow node should meet it: {missed} of {n} batches missed it after warm-up; {helped:?}\n{}",
             c.log(SLOW)
         );
         assert!(

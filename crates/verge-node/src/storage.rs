@@ -1379,7 +1379,11 @@ impl Handler<Shutdown> for StoreActor {
         // lost here would never close again); whatever was appended gets its flush before the
         // process goes; producers still waiting for replicas are told their readings were not
         // acknowledged.
-        for job in self.in_flight.iter_mut().filter(|j| j.predictions.is_none()) {
+        for job in self
+            .in_flight
+            .iter_mut()
+            .filter(|j| j.predictions.is_none())
+        {
             job.batch = None;
             job.predictions = Some(vec![None; job.windows.len()]);
         }

@@ -274,7 +274,10 @@ impl Scenario {
         if !(file.duration_s.is_finite() && file.duration_s > 0.0 && file.duration_s <= 86_400.0) {
             return Err(err(
                 key_line("duration_s"),
-                format!("duration_s = {} is not between 0 and 86400", file.duration_s),
+                format!(
+                    "duration_s = {} is not between 0 and 86400",
+                    file.duration_s
+                ),
             ));
         }
         let n = &file.nodes;
@@ -288,10 +291,7 @@ impl Scenario {
             (Some(ids), None) => ids.clone(),
             (None, Some(c)) => (1..=c).map(|i| format!("b{i}")).collect(),
             (None, None) => {
-                return Err(err(
-                    0,
-                    "[nodes] needs count = N or ids = [...]".into(),
-                ));
+                return Err(err(0, "[nodes] needs count = N or ids = [...]".into()));
             }
         };
         if nodes.is_empty() || nodes.len() > NODES_MAX {
@@ -332,7 +332,10 @@ impl Scenario {
             }
         };
         if n.layout == Layout::Corridor && n.cols.is_some() {
-            return Err(err(key_line("cols"), "cols is for layout = \"grid\"".into()));
+            return Err(err(
+                key_line("cols"),
+                "cols is for layout = \"grid\"".into(),
+            ));
         }
         if !(n.voters == 1 || n.voters == 3 || n.voters == 5) || n.voters > nodes.len() {
             return Err(err(
@@ -348,7 +351,11 @@ impl Scenario {
         if r.replicas == 0 || r.replicas > nodes.len() {
             return Err(err(
                 key_line("replicas"),
-                format!("replicas = {} is not between 1 and the {} nodes", r.replicas, nodes.len()),
+                format!(
+                    "replicas = {} is not between 1 and the {} nodes",
+                    r.replicas,
+                    nodes.len()
+                ),
             ));
         }
         if r.write_quorum == 0 || r.write_quorum > r.replicas {
@@ -703,24 +710,60 @@ mod tests {
     fn bad_files_and_impossible_timelines_name_the_line() {
         let fault = |body: &str| format!("{BASE}\n[[fault]]\n{body}\n");
         let cases = [
-            (BASE.replace("duration_s", "colour = 1\nduration_s"), 2, "colour"),
+            (
+                BASE.replace("duration_s", "colour = 1\nduration_s"),
+                2,
+                "colour",
+            ),
             (BASE.replace("count = 5", "count = 5\nsize = 3"), 6, "size"),
-            (BASE.replace("duration_s = 60", "duration_s = -1"), 2, "duration_s"),
+            (
+                BASE.replace("duration_s = 60", "duration_s = -1"),
+                2,
+                "duration_s",
+            ),
             (BASE.replace("synthetic", "magic"), 8, "magic"),
-            (BASE.replace("count = 5", "count = 5\nvoters = 4"), 6, "voters"),
+            (
+                BASE.replace("count = 5", "count = 5\nvoters = 4"),
+                6,
+                "voters",
+            ),
             (
                 BASE.replace("count = 5", "count = 5\nlayout = \"grid\"\ncols = 2"),
                 7,
                 "cols",
             ),
-            (fault("at_s = 70\nkind = \"kill\"\nnode = \"b1\""), 10, "outside the run"),
-            (fault("at_s = 5\nkind = \"kill\"\nnode = \"b9\""), 10, "no node `b9`"),
-            (fault("at_s = 5\nkind = \"explode\""), 10, "unknown fault kind"),
-            (fault("at_s = 5\nkind = \"kill\"\nnode = \"b1\"\nhard = true"), 10, "no key `hard`"),
-            (fault("at_s = 5\nkind = \"restart\"\nnode = \"b1\""), 10, "was not killed"),
+            (
+                fault("at_s = 70\nkind = \"kill\"\nnode = \"b1\""),
+                10,
+                "outside the run",
+            ),
+            (
+                fault("at_s = 5\nkind = \"kill\"\nnode = \"b9\""),
+                10,
+                "no node `b9`",
+            ),
+            (
+                fault("at_s = 5\nkind = \"explode\""),
+                10,
+                "unknown fault kind",
+            ),
+            (
+                fault("at_s = 5\nkind = \"kill\"\nnode = \"b1\"\nhard = true"),
+                10,
+                "no key `hard`",
+            ),
+            (
+                fault("at_s = 5\nkind = \"restart\"\nnode = \"b1\""),
+                10,
+                "was not killed",
+            ),
             (fault("at_s = 5\nkind = \"heal\""), 10, "nothing to heal"),
             (fault("at_s = 5\nkind = \"cloud-up\""), 10, "not down"),
-            (fault("at_s = 5\nkind = \"resume\"\nnode = \"gateway\""), 10, "no `pause`"),
+            (
+                fault("at_s = 5\nkind = \"resume\"\nnode = \"gateway\""),
+                10,
+                "no `pause`",
+            ),
             (
                 fault("at_s = 5\nkind = \"partition\"\ngroups = [[\"b1\"], [\"b1\"]]"),
                 10,
