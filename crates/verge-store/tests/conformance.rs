@@ -26,6 +26,6 @@ fn sled_store_conforms() {
 fn sled_store_keeps_what_it_flushed_across_a_reopen() {
     let dir = tempfile::tempdir().expect("temp dir");
     conformance::reopen_keeps_what_was_flushed(&mut || {
-        Box::new(SledStore::open(dir.path()).expect("reopen")) as Box<dyn Store>
+        Box::new(verge_store::testing::reopen_sled(dir.path())) as Box<dyn Store>
     });
 }

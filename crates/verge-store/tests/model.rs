@@ -127,7 +127,7 @@ proptest! {
                     sled.flush().expect("flush");
                     model.flush().expect("flush");
                     drop(sled);
-                    sled = SledStore::open(dir.path()).expect("reopen");
+                    sled = verge_store::testing::reopen_sled(dir.path());
                 }
             }
             let heads = |s: &dyn Store| -> Vec<_> {

@@ -323,7 +323,7 @@ fn wide_incompressible_blocks_survive_a_reopen() {
     }
     let blobs = fs::read_dir(dir.path().join("blobs")).map_or(0, |d| d.count());
     println!("wide blocks: {blobs} sled blob files");
-    let store = SledStore::open(dir.path()).expect("reopen");
+    let store = verge_store::testing::reopen_sled(dir.path());
     let read = store.read(&id, 1, u64::MAX, usize::MAX).expect("read");
     assert_eq!(read.len(), records.len());
     for ((_, got), want) in read.iter().zip(&records) {
