@@ -121,7 +121,17 @@ pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
 pub async fn start_mesh(c: &mut LocalCluster) {
     c.start_all().expect("start the nodes");
     let all: Vec<usize> = (0..c.nodes.len()).collect();
-    c.wait_for_mesh(&all, Duration::from_secs(20))
-        .await
-        .expect("the mesh forms");
+    if let Err(e) = c.wait_for_mesh(&all, Duration::from_secs(20)).await {
+        // Say which node did not come up and why, from its own log.
+        let mut report = String::new();
+        for i in all {
+            let running = c.is_running(i);
+            report.push_str(&format!(
+                "\n--- {} (running: {running}) ---\n{}",
+                c.nodes[i].id,
+                c.log(i)
+            ));
+        }
+        panic!("the mesh did not form: {e:?}{report}");
+    }
 }
