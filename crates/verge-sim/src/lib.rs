@@ -9,6 +9,7 @@
 mod admin;
 mod cloud;
 mod cluster;
+pub mod check;
 pub mod report;
 pub mod scenario;
 pub mod sumo;
