@@ -31,6 +31,9 @@ pub struct CloudSpec {
     pub start_timeout: Duration,
     /// Run it in its own process group, so a Ctrl-C meant for the caller does not reach it.
     pub own_process_group: bool,
+    /// The address it listens on (port chosen by the OS); 127.0.0.1 unless the nodes live
+    /// elsewhere (network namespaces).
+    pub listen_ip: std::net::IpAddr,
 }
 
 impl CloudSpec {
@@ -43,6 +46,7 @@ impl CloudSpec {
             extra: Vec::new(),
             start_timeout: Duration::from_secs(20),
             own_process_group: false,
+            listen_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
         }
     }
 }
@@ -65,11 +69,12 @@ impl CloudProc {
         fs::write(&token, format!("{}\n", spec.token))
             .map_err(io(format!("writing {}", token.display())))?;
         restrict(&token)?;
+        let addr = (spec.listen_ip, 0).into();
         let mut cloud = Self {
             spec,
             child: None,
             url: String::new(),
-            addr: ([127, 0, 0, 1], 0).into(),
+            addr,
         };
         cloud.spawn()?;
         Ok(cloud)

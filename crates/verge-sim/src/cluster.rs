@@ -83,7 +83,20 @@ pub struct ClusterSpec {
     /// Run each node in its own process group, so a Ctrl-C in the terminal reaches only the
     /// process that started the cluster (which then stops the nodes itself).
     pub own_process_group: bool,
+    /// Road neighbours per node id, written as `lateral` (a grid). `None`: a corridor in `ids`
+    /// order, each node upstream of the next.
+    pub neighbours: Option<std::collections::BTreeMap<String, Vec<String>>>,
+    /// Per node, an address of its own (a network namespace's) to listen on, with fixed ports
+    /// [`NS_QUIC_PORT`] and [`NS_METRICS_PORT`]; `None`: 127.0.0.1 with ports the OS hands out.
+    pub addresses: Option<Vec<std::net::IpAddr>>,
+    /// Per node, a command the node is started under (e.g. `ip netns exec NS`).
+    pub wrap: Option<Vec<Vec<String>>>,
 }
+
+/// The QUIC port of a node with an address of its own.
+pub const NS_QUIC_PORT: u16 = 7400;
+/// The metrics port of a node with an address of its own.
+pub const NS_METRICS_PORT: u16 = 9400;
 
 impl ClusterSpec {
     /// `n` nodes `b1`..`bn` running `verge_bin`.
@@ -95,6 +108,9 @@ impl ClusterSpec {
             extra_config: String::new(),
             keep_dir: false,
             own_process_group: false,
+            neighbours: None,
+            addresses: None,
+            wrap: None,
         }
     }
 }
@@ -115,6 +131,7 @@ pub struct NodeProc {
     /// Its data directory.
     pub data_dir: PathBuf,
     child: Option<Child>,
+    wrap: Option<Vec<String>>,
 }
 
 impl NodeProc {
@@ -154,19 +171,26 @@ impl LocalCluster {
         let admin_cert = ca.issue_admin("operator")?.write(&certs)?;
 
         let mut nodes = Vec::new();
-        for id in &spec.ids {
+        for (k, id) in spec.ids.iter().enumerate() {
             let id = NodeId::new(id.clone())?;
             ca.issue_node(&id)?.write(&certs)?;
-            let listen: SocketAddr = (
-                [127, 0, 0, 1],
-                free_udp_port().map_err(io("picking a port"))?,
-            )
-                .into();
-            let metrics: SocketAddr = (
-                [127, 0, 0, 1],
-                free_tcp_port().map_err(io("picking a port"))?,
-            )
-                .into();
+            let own = spec.addresses.as_ref().and_then(|a| a.get(k)).copied();
+            let listen: SocketAddr = match own {
+                Some(ip) => (ip, NS_QUIC_PORT).into(),
+                None => (
+                    [127, 0, 0, 1],
+                    free_udp_port().map_err(io("picking a port"))?,
+                )
+                    .into(),
+            };
+            let metrics: SocketAddr = match own {
+                Some(ip) => (ip, NS_METRICS_PORT).into(),
+                None => (
+                    [127, 0, 0, 1],
+                    free_tcp_port().map_err(io("picking a port"))?,
+                )
+                    .into(),
+            };
             nodes.push(NodeProc {
                 config: root.join(format!("{id}.toml")),
                 log: root.join(format!("{id}.log")),
@@ -175,6 +199,7 @@ impl LocalCluster {
                 listen,
                 metrics,
                 child: None,
+                wrap: spec.wrap.as_ref().and_then(|w| w.get(k)).cloned(),
             });
         }
         for (i, n) in nodes.iter().enumerate() {
@@ -190,17 +215,25 @@ impl LocalCluster {
                     p.id, p.listen
                 ));
             }
-            if i > 0 {
-                toml.push_str(&format!(
-                    "\n[[neighbours]]\nid = \"{}\"\nrelation = \"upstream\"\n",
-                    nodes[i - 1].id
-                ));
-            }
-            if let Some(next) = nodes.get(i + 1) {
-                toml.push_str(&format!(
-                    "\n[[neighbours]]\nid = \"{}\"\nrelation = \"downstream\"\n",
-                    next.id
-                ));
+            if let Some(map) = &spec.neighbours {
+                for id in map.get(n.id.as_str()).into_iter().flatten() {
+                    toml.push_str(&format!(
+                        "\n[[neighbours]]\nid = \"{id}\"\nrelation = \"lateral\"\n"
+                    ));
+                }
+            } else {
+                if i > 0 {
+                    toml.push_str(&format!(
+                        "\n[[neighbours]]\nid = \"{}\"\nrelation = \"upstream\"\n",
+                        nodes[i - 1].id
+                    ));
+                }
+                if let Some(next) = nodes.get(i + 1) {
+                    toml.push_str(&format!(
+                        "\n[[neighbours]]\nid = \"{}\"\nrelation = \"downstream\"\n",
+                        next.id
+                    ));
+                }
             }
             toml.push_str(&spec.extra_config);
             fs::write(&n.config, toml).map_err(io(format!("writing {}", n.config.display())))?;
@@ -249,7 +282,14 @@ impl LocalCluster {
             .open(&n.log)
             .map_err(io(format!("opening {}", n.log.display())))?;
         let err = log.try_clone().map_err(io("duplicating the log handle"))?;
-        let mut cmd = Command::new(&bin);
+        let mut cmd = match n.wrap.as_deref() {
+            Some([first, rest @ ..]) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&bin);
+                c
+            }
+            _ => Command::new(&bin),
+        };
         cmd.arg("node")
             .arg("--config")
             .arg(&n.config)

@@ -11,6 +11,8 @@ mod cloud;
 mod cluster;
 pub mod check;
 pub mod report;
+pub mod netns;
+pub mod runner;
 pub mod scenario;
 pub mod sumo;
 

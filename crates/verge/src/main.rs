@@ -9,6 +9,7 @@ mod bench_replay;
 mod bench_store;
 mod ctl;
 mod demo;
+mod sim;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -66,6 +67,10 @@ enum Command {
     /// The reference cloud a gateway syncs to.
     #[command(subcommand)]
     Cloud(CloudCommand),
+    /// Run a scenario (simulations/*.toml) with faults on real processes and check its
+    /// invariants.
+    #[command(subcommand)]
+    Sim(sim::SimCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -293,6 +298,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Ctl(args) => runtime()?.block_on(ctl::run(args)),
         Command::Demo(args) => runtime()?.block_on(demo::run(args)),
+        Command::Sim(cmd) => runtime()?.block_on(sim::run(cmd)),
         Command::Bench(BenchCommand::Net(args)) => {
             runtime()?.block_on(bench_net::run(&args))?;
             Ok(ExitCode::SUCCESS)
