@@ -54,6 +54,23 @@ async fn admin_endpoint_refuses_node_certificates_and_anonymous_clients() {
         assert!(!out.status.success());
         assert!(err.contains("fault injection is off"), "{err}");
 
+        // So are the other faults, through the admin client.
+        let admin = c.admin();
+        for err in [
+            admin
+                .set_slowdown(c.nodes[0].listen, 10.0)
+                .await
+                .map(|_| ())
+                .expect_err("slowdown refused"),
+            admin
+                .fill_disk(c.nodes[0].listen)
+                .await
+                .map(|_| ())
+                .expect_err("full disk refused"),
+        ] {
+            assert!(err.to_string().contains("[faults] enabled"), "{err}");
+        }
+
         // Both refusals are in the node's log and metrics.
         let log = c.log(0);
         assert!(log.contains("admin certificate"), "{log}");

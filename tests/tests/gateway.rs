@@ -277,7 +277,7 @@ async fn a_cut_off_gateway_is_fenced_by_the_cloud() {
             .collect();
         let admin = c.admin();
         admin
-            .set_faults(c.nodes[old].listen, others.clone(), 0)
+            .set_faults(c.nodes[old].listen, others.clone(), 0, 0)
             .await
             .expect("cut the gateway off");
         println!("cut {old_id} (gateway in term {old_term}) off from {others:?}");
@@ -313,7 +313,7 @@ async fn a_cut_off_gateway_is_fenced_by_the_cloud() {
         println!("{old_id} fenced: {:?}", sync.note);
 
         admin
-            .set_faults(c.nodes[old].listen, Vec::new(), 0)
+            .set_faults(c.nodes[old].listen, Vec::new(), 0, 0)
             .await
             .expect("heal");
         let all: Vec<usize> = (0..c.nodes.len()).collect();

@@ -177,8 +177,8 @@ async fn a_partition_through_the_fault_layer_and_its_heal() {
 
         // Cut b3 off from both others: from b3's side alone, as a cable cut at its cabinet.
         let admin = c.admin();
-        let (set, _) = admin
-            .set_faults(c.nodes[2].listen, vec![b1.clone(), b2.clone()], 0)
+        let (set, _, _) = admin
+            .set_faults(c.nodes[2].listen, vec![b1.clone(), b2.clone()], 0, 0)
             .await
             .expect("faults set");
         assert_eq!(set, vec![b1.clone(), b2.clone()]);
@@ -197,7 +197,7 @@ async fn a_partition_through_the_fault_layer_and_its_heal() {
         );
 
         admin
-            .set_faults(c.nodes[2].listen, vec![], 0)
+            .set_faults(c.nodes[2].listen, vec![], 0, 0)
             .await
             .expect("healed");
         c.wait_for_mesh(&[0, 1, 2], Duration::from_secs(6))

@@ -611,11 +611,11 @@ async fn cut_off_replica_catches_up_and_copies_match() {
 
         let cut_start = Instant::now();
         admin
-            .set_faults(owner_addr, vec![cut.clone()], 0)
+            .set_faults(owner_addr, vec![cut.clone()], 0, 0)
             .await
             .expect("partition at the owner");
         admin
-            .set_faults(c.nodes[cut_i].listen, vec![owner.clone()], 0)
+            .set_faults(c.nodes[cut_i].listen, vec![owner.clone()], 0, 0)
             .await
             .expect("partition at the replica");
         tokio::time::sleep(Duration::from_secs(10)).await;
@@ -624,11 +624,11 @@ async fn cut_off_replica_catches_up_and_copies_match() {
         let at_heal = http_get(c.nodes[0].metrics, "/metrics").expect("metrics");
         let heal_start = Instant::now();
         admin
-            .set_faults(owner_addr, vec![], 0)
+            .set_faults(owner_addr, vec![], 0, 0)
             .await
             .expect("heal at the owner");
         admin
-            .set_faults(c.nodes[cut_i].listen, vec![], 0)
+            .set_faults(c.nodes[cut_i].listen, vec![], 0, 0)
             .await
             .expect("heal at the replica");
 

@@ -138,12 +138,12 @@ async fn downstream_predictions_use_upstream_ones_and_survive_restart_and_partit
             .expect("mesh again");
         let b1: verge_proto::NodeId = "b1".parse().expect("id");
         c.admin()
-            .set_faults(c.nodes[1].listen, vec![b1], 0)
+            .set_faults(c.nodes[1].listen, vec![b1], 0, 0)
             .await
             .expect("partition");
         tokio::time::sleep(Duration::from_secs(2)).await;
         c.admin()
-            .set_faults(c.nodes[1].listen, vec![], 0)
+            .set_faults(c.nodes[1].listen, vec![], 0, 0)
             .await
             .expect("heal");
 

@@ -203,6 +203,73 @@ async fn a_synthetic_source_fills_streams_and_a_full_quota_drops_old_raw_reading
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_filled_at_runtime_drops_old_raw_readings_and_keeps_taking_new_ones() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let mut c =
+            one_node("\n[faults]\nenabled = true\n\n[store]\nretention_interval_ms = 200\n");
+        start_mesh(&mut c).await;
+        let addr = c.nodes[0].listen;
+        let metrics = c.nodes[0].metrics;
+        let admin = c.admin();
+        let dropped = || {
+            http_get(metrics, "/metrics")
+                .map(|t| {
+                    metric(
+                        &t,
+                        "verge_retention_dropped_total{kind=\"raw\",reason=\"quota\"}",
+                    )
+                })
+                .unwrap_or(0.0)
+        };
+        let mut i = 0u64;
+        let mut send = async |n: u64| {
+            let batch: Vec<IngestReading> = (i..i + n)
+                .map(|k| reading(&format!("s{}", k % 2), k))
+                .collect();
+            i += n;
+            let (acks, rejected) = admin.ingest(addr, batch).await.expect("ingest");
+            assert!(rejected.is_empty(), "{rejected:?}");
+            acks.iter()
+                .map(|a| a.last_seq + 1 - a.first_seq)
+                .sum::<u64>()
+        };
+        // Some readings on disk, and no quota: nothing dropped.
+        assert_eq!(send(2_000).await, 2_000);
+        assert_eq!(dropped(), 0.0);
+
+        let quota = admin.fill_disk(addr).await.expect("fill the disk");
+        assert!(quota > 0, "the store held nothing");
+
+        // New readings are still acknowledged, and the oldest raw ones make room for them.
+        let made_room = {
+            let mut made_room = false;
+            for _ in 0..100 {
+                assert_eq!(send(500).await, 500);
+                if dropped() > 0.0 {
+                    made_room = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            made_room
+        };
+        assert!(made_room, "{}", c.log(0));
+        assert_eq!(send(100).await, 100);
+        let streams = raw(admin.streams(addr).await.expect("streams"));
+        assert!(
+            streams.iter().any(|s| s.first_seq > 1),
+            "nothing trimmed: {streams:?}"
+        );
+        assert!(c.is_running(0));
+        let log = c.log(0);
+        assert!(log.contains("injected full disk"), "{log}");
+        assert!(log.contains("retention dropped records"), "{log}");
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_flushes_and_exits_cleanly_and_streams_come_back() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let mut c = one_node("\n[sensors.synthetic]\nsensors = 3\nrate_per_s = 3000\n");

@@ -1,5 +1,6 @@
 //! The fault layer: a UDP socket wrapper under quinn that counts datagrams and, when a test or a
-//! simulation asks, drops them to and from chosen addresses (a partition) or at random (loss).
+//! simulation asks, drops them to and from chosen addresses (a partition) or at random (loss),
+//! or holds every outgoing datagram for a while before sending it (delay).
 //!
 //! It sits below QUIC, so a partition looks to both nodes exactly like a cut cable: no close, no
 //! error, just silence. With no faults set it only counts, at the cost of one atomic add and one
@@ -14,8 +15,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use quinn::udp::{RecvMeta, Transmit};
+use quinn::udp::{EcnCodepoint, RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 
 /// Counters of the fault layer, readable at any time.
@@ -36,7 +38,13 @@ struct FaultState {
     loss_ppm: AtomicU32,
     /// State of a small xorshift generator for loss decisions (not security-relevant).
     rng: AtomicU64,
+    /// How long each outgoing datagram is held before it is sent, in milliseconds (0: none).
+    delay_ms: AtomicU32,
 }
+
+/// The longest send delay [`FaultLayer::set_delay_ms`] sets, in milliseconds: longer would only
+/// look like a partition (QUIC's idle timeout is a few seconds) while piling up held datagrams.
+pub const DELAY_MS_MAX: u32 = 10_000;
 
 /// A handle to set faults on one endpoint. Clones share the same state.
 #[derive(Debug, Clone, Default)]
@@ -66,10 +74,20 @@ impl FaultLayer {
             .store(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
     }
 
+    /// Holds every outgoing datagram for `ms` milliseconds before sending it (0 turns the delay
+    /// off; more than [`DELAY_MS_MAX`] is capped to it). Datagrams a partition or loss drops are
+    /// dropped first, never delayed.
+    pub fn set_delay_ms(&self, ms: u32) {
+        self.state
+            .delay_ms
+            .store(ms.min(DELAY_MS_MAX), Ordering::Relaxed);
+    }
+
     /// Removes every fault.
     pub fn heal(&self) {
         self.partition([]);
         self.set_loss_ppm(0);
+        self.set_delay_ms(0);
     }
 
     /// The addresses currently cut off.
@@ -86,6 +104,11 @@ impl FaultLayer {
     /// The current loss rate, per million.
     pub fn loss_ppm(&self) -> u32 {
         self.state.loss_ppm.load(Ordering::Relaxed)
+    }
+
+    /// The current send delay, in milliseconds.
+    pub fn delay_ms(&self) -> u32 {
+        self.state.delay_ms.load(Ordering::Relaxed)
     }
 
     /// The counters.
@@ -123,6 +146,27 @@ impl FaultLayer {
     }
 }
 
+/// An outgoing datagram held by the send delay: a [`Transmit`] with its contents owned.
+struct HeldTransmit {
+    destination: SocketAddr,
+    ecn: Option<EcnCodepoint>,
+    contents: Vec<u8>,
+    segment_size: Option<usize>,
+    src_ip: Option<std::net::IpAddr>,
+}
+
+impl HeldTransmit {
+    fn transmit(&self) -> Transmit<'_> {
+        Transmit {
+            destination: self.destination,
+            ecn: self.ecn,
+            contents: &self.contents,
+            segment_size: self.segment_size,
+            src_ip: self.src_ip,
+        }
+    }
+}
+
 struct FaultSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     layer: FaultLayer,
@@ -149,6 +193,32 @@ impl AsyncUdpSocket for FaultSocket {
                 .stats
                 .datagrams_dropped
                 .fetch_add(segments as u64, Ordering::Relaxed);
+            return Ok(());
+        }
+        let delay_ms = self.layer.delay_ms();
+        if delay_ms > 0
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            // quinn lends the transmit only for this call: keep an owned copy for later.
+            let held = HeldTransmit {
+                destination: transmit.destination,
+                ecn: transmit.ecn,
+                contents: transmit.contents.to_vec(),
+                segment_size: transmit.segment_size,
+                src_ip: transmit.src_ip,
+            };
+            let inner = Arc::clone(&self.inner);
+            let stats = Arc::clone(&self.layer.stats);
+            runtime.spawn(async move {
+                tokio::time::sleep(Duration::from_millis(u64::from(delay_ms))).await;
+                // A full socket buffer now loses the datagram, as a congested link would; QUIC
+                // retransmits it. It counts as dropped, since quinn was told it went out.
+                let counter = match inner.try_send(&held.transmit()) {
+                    Ok(()) => &stats.datagrams_out,
+                    Err(_) => &stats.datagrams_dropped,
+                };
+                counter.fetch_add(segments as u64, Ordering::Relaxed);
+            });
             return Ok(());
         }
         self.inner.try_send(transmit)?;

@@ -20,5 +20,5 @@ pub use endpoint::{
     transport_config,
 };
 pub use error::{AcceptError, NetError};
-pub use fault::{FaultLayer, FaultStats};
+pub use fault::{DELAY_MS_MAX, FaultLayer, FaultStats};
 pub use framed::{FramedRecv, FramedSend, request};

@@ -652,7 +652,10 @@ async fn answer_admin(s: &Shared, req: AdminRequest) -> AdminResponse {
         AdminRequest::SetFaults {
             partition,
             loss_ppm,
-        } => set_faults(s, partition, loss_ppm),
+            delay_ms,
+        } => set_faults(s, partition, loss_ppm, delay_ms),
+        AdminRequest::SetSlowdown { factor } => set_slowdown(s, factor),
+        AdminRequest::FillDisk => fill_disk(s).await,
         AdminRequest::Ingest { readings } => ingest(s, readings).await,
         AdminRequest::Streams => match s.store.send(crate::storage::ListStreams).await {
             Ok(v) => AdminResponse::Streams(v),
@@ -966,12 +969,26 @@ async fn ingest(s: &Shared, readings: Vec<verge_proto::admin::IngestReading>) ->
     }
 }
 
-fn set_faults(s: &Shared, partition: Vec<NodeId>, loss_ppm: u32) -> AdminResponse {
-    if !s.faults_enabled {
+/// The refusal of a fault command by a node whose config does not enable them; `None` if it
+/// does.
+fn faults_refused(s: &Shared) -> Option<AdminResponse> {
+    (!s.faults_enabled).then(|| AdminResponse::Error {
+        message: format!(
+            "fault injection is off on node {}: set `[faults] enabled = true` in its config (tests and simulations only)",
+            s.info.id
+        ),
+    })
+}
+
+fn set_faults(s: &Shared, partition: Vec<NodeId>, loss_ppm: u32, delay_ms: u32) -> AdminResponse {
+    if let Some(refused) = faults_refused(s) {
+        return refused;
+    }
+    if delay_ms > verge_net::DELAY_MS_MAX {
         return AdminResponse::Error {
             message: format!(
-                "fault injection is off on node {}: set `[faults] enabled = true` in its config (tests and simulations only)",
-                s.info.id
+                "a send delay of {delay_ms} ms is more than the {} ms allowed",
+                verge_net::DELAY_MS_MAX
             ),
         };
     }
@@ -989,10 +1006,39 @@ fn set_faults(s: &Shared, partition: Vec<NodeId>, loss_ppm: u32) -> AdminRespons
     let faults = s.net.faults();
     faults.partition(addrs);
     faults.set_loss_ppm(loss_ppm);
-    warn!(partition = ?partition.iter().map(NodeId::as_str).collect::<Vec<_>>(), loss_ppm, "injected network faults set");
+    faults.set_delay_ms(delay_ms);
+    warn!(partition = ?partition.iter().map(NodeId::as_str).collect::<Vec<_>>(), loss_ppm, delay_ms, "injected network faults set");
     AdminResponse::Faults {
         partition,
         loss_ppm: faults.loss_ppm(),
+        delay_ms: faults.delay_ms(),
+    }
+}
+
+fn set_slowdown(s: &Shared, factor: f64) -> AdminResponse {
+    if let Some(refused) = faults_refused(s) {
+        return refused;
+    }
+    match s.engine.set_slowdown(factor) {
+        Ok(factor) => {
+            warn!(factor, "injected inference slowdown set");
+            AdminResponse::Slowdown { factor }
+        }
+        Err(e) => AdminResponse::Error {
+            message: e.to_string(),
+        },
+    }
+}
+
+async fn fill_disk(s: &Shared) -> AdminResponse {
+    if let Some(refused) = faults_refused(s) {
+        return refused;
+    }
+    match s.store.send(crate::storage::FillQuota).await {
+        Ok(bytes) => AdminResponse::Quota { bytes },
+        Err(e) => AdminResponse::Error {
+            message: format!("the store is unavailable: {e}"),
+        },
     }
 }
 

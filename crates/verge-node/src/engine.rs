@@ -18,9 +18,10 @@
 //! - **One worker**: batches here run one at a time (a cabinet has one inference engine); the
 //!   rows waiting are the queue the neighbours hear about. `slowdown` stretches each batch to
 //!   that many times its compute time, to stand in for a slower cabinet in tests and
-//!   simulations.
+//!   simulations; [`Engine::set_slowdown`] changes it while the node runs.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,16 @@ const REMOTE_WAIT_MIN: Duration = Duration::from_millis(10);
 /// The most rows one offloaded batch may carry.
 const SERVE_ROWS_MAX: usize = 4_096;
 
+/// The least slowdown: a batch's own compute time.
+pub const SLOWDOWN_MIN: f64 = 1.0;
+/// The most slowdown: beyond it a node is better called down.
+pub const SLOWDOWN_MAX: f64 = 1000.0;
+
+/// A slowdown [`Engine::set_slowdown`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error("slowdown {0} is not a number between {SLOWDOWN_MIN} and {SLOWDOWN_MAX}")]
+pub struct SlowdownOutOfRange(pub f64);
+
 /// Offload settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EngineConfig {
@@ -57,7 +68,8 @@ pub struct EngineConfig {
     pub deadline: Duration,
     /// A neighbour's gossiped load older than this is not trusted.
     pub stale_after: Duration,
-    /// Each local batch takes this many times its compute time (1: the real speed).
+    /// Each local batch takes this many times its compute time (1: the real speed), until
+    /// [`Engine::set_slowdown`] changes it.
     pub slowdown: f64,
 }
 
@@ -92,6 +104,9 @@ struct Inner {
     links: PeerLinks,
     gauge: LoadGauge,
     metrics: Metrics,
+    /// The slowdown in force, as `f64` bits: `cfg.slowdown` at start, then what
+    /// [`Engine::set_slowdown`] set. Atomic so that a change needs no lock on the batch path.
+    slowdown: AtomicU64,
     /// The one worker.
     worker: Semaphore,
     origin: Instant,
@@ -131,6 +146,7 @@ impl Engine {
             links,
             gauge,
             metrics,
+            slowdown: AtomicU64::new(cfg.slowdown.to_bits()),
             worker: Semaphore::new(1),
             origin: Instant::now(),
             planner: Mutex::new(Planner::new(PlannerConfig {
@@ -145,6 +161,22 @@ impl Engine {
     /// The settings.
     pub fn config(&self) -> EngineConfig {
         self.0.cfg
+    }
+
+    /// The slowdown in force.
+    pub fn slowdown(&self) -> f64 {
+        f64::from_bits(self.0.slowdown.load(Ordering::Relaxed))
+    }
+
+    /// Each batch this node's worker starts from now on takes `factor` times its compute time
+    /// (a batch already running keeps the slowdown it started with). Refuses a factor that is
+    /// not finite or not between [`SLOWDOWN_MIN`] and [`SLOWDOWN_MAX`].
+    pub fn set_slowdown(&self, factor: f64) -> Result<f64, SlowdownOutOfRange> {
+        if !factor.is_finite() || !(SLOWDOWN_MIN..=SLOWDOWN_MAX).contains(&factor) {
+            return Err(SlowdownOutOfRange(factor));
+        }
+        self.0.slowdown.store(factor.to_bits(), Ordering::Relaxed);
+        Ok(factor)
     }
 
     fn now_ms(&self) -> u64 {
@@ -311,12 +343,12 @@ impl Engine {
                 .await
                 .map_err(|e| format!("the inference worker is gone: {e}"))?;
             let started = Instant::now();
+            let slowdown = self.slowdown();
             let out = tokio::task::spawn_blocking(move || model.predict(&rows))
                 .await
                 .map_err(|e| format!("the inference task failed: {e}"))?
                 .map_err(|e| e.to_string());
             let compute = started.elapsed();
-            let slowdown = self.0.cfg.slowdown;
             if slowdown > 1.0 {
                 tokio::time::sleep(compute.mul_f64(slowdown - 1.0)).await;
             }
@@ -425,7 +457,7 @@ impl Engine {
         InferenceStatus {
             offload: self.0.cfg.offload,
             deadline_ms: u64::try_from(self.0.cfg.deadline.as_millis()).unwrap_or(u64::MAX),
-            slowdown: self.0.cfg.slowdown,
+            slowdown: self.slowdown(),
             batches: s.batches,
             rows: s.rows,
             offloaded_rows: s.offloaded_rows,
@@ -567,6 +599,56 @@ mod tests {
                 >= compute.as_secs_f64() * 1e6 * 10.0,
             "{:?} vs compute {compute:?}",
             slow.0.gauge.report(false)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_slowdown_set_at_runtime_stretches_the_next_batch() {
+        let dir = tempfile::tempdir().expect("dir");
+        let m = model(dir.path());
+        let e = engine(EngineConfig::default());
+        let rows = vec![0.5; 64 * features::FEATURES];
+        let us_per_row = |e: &Engine| f64::from(e.0.gauge.report(false).us_per_row);
+        // At the configured speed first.
+        assert!(
+            e.run(m.clone(), rows.clone(), Instant::now())
+                .await
+                .outcome
+                .is_ok()
+        );
+        let before = us_per_row(&e);
+        assert_eq!(e.status().slowdown, 1.0);
+
+        // Refused: out of range or not a number; nothing changes.
+        for bad in [0.5, 1000.5, f64::NAN, f64::INFINITY] {
+            let err = e.set_slowdown(bad).expect_err("refused");
+            assert!(err.to_string().contains(&bad.to_string()), "{err}");
+        }
+        assert_eq!(e.slowdown(), 1.0);
+
+        assert_eq!(e.set_slowdown(200.0), Ok(200.0));
+        assert_eq!(e.status().slowdown, 200.0);
+        // The fastest of a few warm runs: a compute time the engine's own can only exceed.
+        let compute = (0..4)
+            .map(|_| {
+                let t = Instant::now();
+                m.predict(&rows).expect("predict");
+                t.elapsed()
+            })
+            .min()
+            .unwrap_or_default();
+        let t = Instant::now();
+        assert!(e.run(m, rows, Instant::now()).await.outcome.is_ok());
+        let took = t.elapsed();
+        // 200 compute times (199 asleep); 20 leaves room for noise. Lower bounds only.
+        assert!(
+            took >= compute.mul_f64(20.0),
+            "{took:?} vs compute {compute:?}"
+        );
+        assert!(
+            us_per_row(&e) > before,
+            "{} not above {before}",
+            us_per_row(&e)
         );
     }
 

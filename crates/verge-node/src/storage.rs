@@ -166,6 +166,13 @@ pub struct Shutdown;
 #[rtype(result = "Vec<StreamView>")]
 pub struct ListStreams;
 
+/// From now on the store behaves as if its disk were full: its quota becomes the bytes it holds
+/// now (or stays the configured one, if that is smaller), so retention drops the oldest raw
+/// readings to make room for new ones. Answers the quota now in force, in bytes.
+#[derive(Debug, Message)]
+#[rtype(result = "u64")]
+pub struct FillQuota;
+
 /// Reads a range of a stream (own or copy).
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Vec<(u64, Record)>, String>")]
@@ -1391,6 +1398,22 @@ impl Handler<Shutdown> for StoreActor {
         self.flush_blocking();
         self.fail_producers("the node is shutting down before the readings were replicated");
         ctx.stop();
+    }
+}
+
+impl Handler<FillQuota> for StoreActor {
+    type Result = u64;
+    fn handle(&mut self, _: FillQuota, _: &mut Self::Context) -> u64 {
+        let held: u64 = self.store.streams().iter().map(|i| i.bytes).sum();
+        // Never loosen a quota the config already sets tighter.
+        let quota = self.cfg.quota_bytes.map_or(held, |q| q.min(held));
+        self.cfg.quota_bytes = Some(quota);
+        warn!(
+            quota_bytes = quota,
+            held_bytes = held,
+            "injected full disk: the store's quota is now what it holds"
+        );
+        quota
     }
 }
 

@@ -25,6 +25,9 @@ pub enum AdminRequest {
         partition: Vec<NodeId>,
         /// Random datagram loss towards everyone, per million.
         loss_ppm: u32,
+        /// Every outgoing datagram is held this long before it is sent, in milliseconds (0: no
+        /// delay; at most 10,000).
+        delay_ms: u32,
     },
     /// Stores readings from an external producer. The answer comes once they are durable.
     Ingest {
@@ -72,6 +75,17 @@ pub enum AdminRequest {
     },
     /// The model versions the cluster records and what every node runs.
     Models,
+    /// Makes this node's inference slower from its next batch on: each batch here takes
+    /// `factor` times its compute time, as config `[offload] slowdown` does at start (tests and
+    /// simulations only, like [`AdminRequest::SetFaults`]).
+    SetSlowdown {
+        /// The new slowdown, 1 (real speed) to 1000.
+        factor: f64,
+    },
+    /// Makes this node's store behave as if its disk were full from now on: its quota becomes
+    /// the bytes it holds now, so that retention drops the oldest raw readings to make room for
+    /// new ones (tests and simulations only, like [`AdminRequest::SetFaults`]).
+    FillDisk,
 }
 
 /// One reading sent by a producer: the sensor and its record (count, occupancy, speed, queue).
@@ -163,6 +177,8 @@ pub enum AdminResponse {
         partition: Vec<NodeId>,
         /// Random loss, per million.
         loss_ppm: u32,
+        /// Send delay, in milliseconds.
+        delay_ms: u32,
     },
     /// Answer to [`AdminRequest::Ingest`]: what was stored durably and what was refused.
     Ingested {
@@ -193,6 +209,16 @@ pub enum AdminResponse {
     Error {
         /// What went wrong, worded for an operator.
         message: String,
+    },
+    /// Answer to [`AdminRequest::SetSlowdown`]: the slowdown now in force.
+    Slowdown {
+        /// Each batch here takes this many times its compute time.
+        factor: f64,
+    },
+    /// Answer to [`AdminRequest::FillDisk`]: the store's quota now in force.
+    Quota {
+        /// Bytes the store may hold (as its streams' sizes count them).
+        bytes: u64,
     },
 }
 
@@ -227,7 +253,8 @@ pub struct InferenceStatus {
     pub offload: bool,
     /// A batch's deadline, from its windows closing to its predictions, in milliseconds.
     pub deadline_ms: u64,
-    /// The node's configured slowdown (1: its real speed).
+    /// The node's slowdown in force (1: its real speed): config `[offload] slowdown`, or what
+    /// [`AdminRequest::SetSlowdown`] set since.
     pub slowdown: f64,
     /// Its own batches, and their rows.
     pub batches: u64,

@@ -107,20 +107,23 @@ impl AdminClient {
         }
     }
 
-    /// Sets injected faults on the node (it must have `[faults] enabled = true`); returns what is
-    /// now in force.
+    /// Sets injected network faults on the node (it must have `[faults] enabled = true`): cut
+    /// off from `partition`, random loss `loss_ppm` per million, every outgoing datagram held
+    /// `delay_ms` milliseconds (at most 10,000). Returns what is now in force, in that order.
     pub async fn set_faults(
         &self,
         addr: SocketAddr,
         partition: Vec<verge_proto::NodeId>,
         loss_ppm: u32,
-    ) -> Result<(Vec<verge_proto::NodeId>, u32), AdminError> {
+        delay_ms: u32,
+    ) -> Result<(Vec<verge_proto::NodeId>, u32, u32), AdminError> {
         match self
             .request(
                 addr,
                 &AdminRequest::SetFaults {
                     partition,
                     loss_ppm,
+                    delay_ms,
                 },
             )
             .await?
@@ -128,7 +131,31 @@ impl AdminClient {
             AdminResponse::Faults {
                 partition,
                 loss_ppm,
-            } => Ok((partition, loss_ppm)),
+                delay_ms,
+            } => Ok((partition, loss_ppm, delay_ms)),
+            _ => Err(AdminError::Unexpected { addr }),
+        }
+    }
+
+    /// Makes each inference batch on the node take `factor` (1 to 1000) times its compute time
+    /// from its next batch on (it must have `[faults] enabled = true`). Returns the slowdown now
+    /// in force.
+    pub async fn set_slowdown(&self, addr: SocketAddr, factor: f64) -> Result<f64, AdminError> {
+        match self
+            .request(addr, &AdminRequest::SetSlowdown { factor })
+            .await?
+        {
+            AdminResponse::Slowdown { factor } => Ok(factor),
+            _ => Err(AdminError::Unexpected { addr }),
+        }
+    }
+
+    /// Makes the node's store behave as if its disk were full from now on (it must have
+    /// `[faults] enabled = true`): its quota becomes the bytes it holds now, so it drops its
+    /// oldest raw readings to make room. Returns the quota now in force, in bytes.
+    pub async fn fill_disk(&self, addr: SocketAddr) -> Result<u64, AdminError> {
+        match self.request(addr, &AdminRequest::FillDisk).await? {
+            AdminResponse::Quota { bytes } => Ok(bytes),
             _ => Err(AdminError::Unexpected { addr }),
         }
     }

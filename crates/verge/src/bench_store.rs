@@ -517,6 +517,7 @@ impl Admin {
         let req = AdminRequest::SetFaults {
             partition: peers,
             loss_ppm: 0,
+            delay_ms: 0,
         };
         match self.ask(conn, &req).await? {
             AdminResponse::Faults { .. } => Ok(()),

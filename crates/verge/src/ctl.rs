@@ -66,7 +66,7 @@ enum CtlCommand {
     },
     /// Inject network faults on the node (only if its config has `[faults] enabled = true`).
     #[command(
-        after_help = "Examples:\n  verge ctl --config ctl.toml fault --partition b2,b3\n  verge ctl --config ctl.toml fault --loss-ppm 50000\n  verge ctl --config ctl.toml fault          # heal: no partition, no loss"
+        after_help = "Examples:\n  verge ctl --config ctl.toml fault --partition b2,b3\n  verge ctl --config ctl.toml fault --loss-ppm 50000\n  verge ctl --config ctl.toml fault --delay-ms 200\n  verge ctl --config ctl.toml fault          # heal: no partition, no loss, no delay"
     )]
     Fault {
         /// Peers to cut off, comma-separated; nothing heals.
@@ -75,6 +75,9 @@ enum CtlCommand {
         /// Random loss of datagrams, per million.
         #[arg(long, default_value_t = 0)]
         loss_ppm: u32,
+        /// Hold every datagram the node sends this many milliseconds (at most 10000).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(..=i64::from(verge_net::DELAY_MS_MAX)))]
+        delay_ms: u32,
     },
     /// The gateway (control-plane leader): who, term, since when; `transfer` moves it.
     #[command(
@@ -258,10 +261,11 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
         CtlCommand::Fault {
             partition,
             loss_ppm,
+            delay_ms,
         } => client
-            .set_faults(endpoint, partition, loss_ppm)
+            .set_faults(endpoint, partition, loss_ppm, delay_ms)
             .await
-            .map(|(p, loss)| print_faults(&p, loss, args.json)),
+            .map(|(p, loss, delay)| print_faults(&p, loss, delay, args.json)),
         CtlCommand::Gateway { action: None } => client
             .gateway(endpoint)
             .await
@@ -815,19 +819,20 @@ fn print_records(records: &[(u64, verge_proto::Record)], json: bool) -> anyhow::
 fn print_faults(
     partition: &[verge_proto::NodeId],
     loss_ppm: u32,
+    delay_ms: u32,
     json: bool,
 ) -> anyhow::Result<()> {
     let ids: Vec<&str> = partition.iter().map(verge_proto::NodeId::as_str).collect();
     if json {
         println!(
             "{}",
-            serde_json::json!({ "partition": ids, "loss_ppm": loss_ppm })
+            serde_json::json!({ "partition": ids, "loss_ppm": loss_ppm, "delay_ms": delay_ms })
         );
-    } else if ids.is_empty() && loss_ppm == 0 {
+    } else if ids.is_empty() && loss_ppm == 0 && delay_ms == 0 {
         println!("no faults in force");
     } else {
         println!(
-            "cut off from: {}; loss: {loss_ppm} per million",
+            "cut off from: {}; loss: {loss_ppm} per million; delay: {delay_ms} ms",
             if ids.is_empty() {
                 "nobody".into()
             } else {
