@@ -11,6 +11,8 @@ use verge_proto::id::validate_label;
 use verge_proto::{IdError, NodeId, Record, StreamId, StreamIdError};
 
 /// `POST` a [`Batch`]; answered with a [`BatchAck`] or an [`ErrorBody`].
+/// `GET ?cluster=C[&after=N][&limit=N]`: the cluster's batch log, answered with a
+/// [`BatchesPage`].
 pub const PATH_BATCHES: &str = "/v1/batches";
 /// `GET ?stream=S[&cluster=C][&from=F][&to=T][&limit=N]`; answered with a [`WindowsPage`].
 pub const PATH_WINDOWS: &str = "/v1/windows";
@@ -37,6 +39,10 @@ pub const VALUES_PER_WINDOW_MAX: usize = 256;
 pub const WINDOWS_PAGE_MAX: usize = 100_000;
 /// The page size when the query names none.
 pub const WINDOWS_PAGE_DEFAULT: usize = 10_000;
+/// The most batch records one `GET /v1/batches` answers with.
+pub const BATCHES_PAGE_MAX: usize = 10_000;
+/// The batch log's page size when the query names none.
+pub const BATCHES_PAGE_DEFAULT: usize = 1000;
 
 /// A run of one stream's records, dense from `first_seq` to `last_seq`, sent by the gateway of
 /// `cluster` during Raft term `term`.
@@ -393,6 +399,41 @@ pub struct WindowsPage {
     pub next_from: Option<u64>,
 }
 
+/// One batch the cloud accepted and stored, as its batch log shows it (`GET /v1/batches`).
+/// Batches acknowledged as duplicates are not in the log: nothing new was stored for them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcceptedBatch {
+    /// The sending cluster.
+    pub cluster: String,
+    /// The stream.
+    pub stream: String,
+    /// The batch key's first sequence number.
+    pub first_seq: u64,
+    /// The batch key's last sequence number, inclusive.
+    pub last_seq: u64,
+    /// The term the batch carried.
+    pub term: u64,
+    /// The gateway the batch named as its sender.
+    pub gateway: String,
+    /// Windows it stored.
+    pub stored: u64,
+    /// Its windows the cloud already held.
+    pub duplicates: u64,
+    /// Its place in the order the cloud accepted batches: from 1, increasing by one per
+    /// stored batch across all clusters (so a cluster's log may skip numbers). 0 for a batch
+    /// stored by a cloud too old to number them (such batches are not listed).
+    pub accepted: u64,
+}
+
+/// A page of a cluster's batch log in acceptance order (`GET /v1/batches`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchesPage {
+    /// The batches, by `accepted`.
+    pub batches: Vec<AcceptedBatch>,
+    /// When the page was cut by its limit, the `after` that continues it.
+    pub next_after: Option<u64>,
+}
+
 /// How the reference cloud misbehaves towards `POST /v1/batches` (fault injection, for tests
 /// and simulations). Every other endpoint, `/v1/faults` included, answers normally in every mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -414,6 +455,12 @@ pub enum FaultMode {
     /// The connection is closed without an HTTP answer, before the body is read; nothing is
     /// stored. Like a cloud that is down, as far as the batch is concerned.
     Down,
+    /// The term fence is off: a batch whose term is below the cluster's highest is stored (with
+    /// its own term, leaving the highest as it was) and acknowledged instead of refused with
+    /// 409. Everything else is handled normally. A deliberately broken cloud, for showing that
+    /// a checker of the fencing guarantee catches it.
+    #[serde(rename = "accept-stale")]
+    AcceptStale,
 }
 
 impl FaultMode {
@@ -425,6 +472,7 @@ impl FaultMode {
             FaultMode::Garbage => "garbage",
             FaultMode::Delay => "delay",
             FaultMode::Down => "down",
+            FaultMode::AcceptStale => "accept-stale",
         }
     }
 }
@@ -534,6 +582,12 @@ mod tests {
         };
         assert!(matches!(f.checked(), Err(FaultError::DelayTooLong(_))));
         assert!(serde_json::from_str::<Fault>(r#"{"mode":"flaky"}"#).is_err());
+        let f: Fault = serde_json::from_str(r#"{"mode":"accept-stale"}"#).expect("json");
+        assert_eq!(f.checked().expect("ok").mode, FaultMode::AcceptStale);
+        assert_eq!(
+            serde_json::to_string(&f).expect("json"),
+            r#"{"mode":"accept-stale"}"#
+        );
         assert!(serde_json::from_str::<Fault>(r#"{"mode":"none","x":1}"#).is_err());
         assert_eq!(
             serde_json::to_string(&Fault::NONE).expect("json"),

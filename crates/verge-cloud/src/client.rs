@@ -24,8 +24,8 @@ use verge_pki::ClientAuth;
 
 use crate::CloudError;
 use crate::api::{
-    Batch, BatchAck, ErrorBody, Fault, PATH_BATCHES, PATH_FAULTS, PATH_HEALTH, PATH_SUMMARY,
-    PATH_WINDOWS, Summary, Window, WindowsPage,
+    AcceptedBatch, Batch, BatchAck, BatchesPage, ErrorBody, Fault, PATH_BATCHES, PATH_FAULTS,
+    PATH_HEALTH, PATH_SUMMARY, PATH_WINDOWS, Summary, Window, WindowsPage,
 };
 
 /// The largest answer read, in bytes (a full page of windows fits).
@@ -302,6 +302,45 @@ impl CloudClient {
                 Some(_) => {
                     return Err(QueryError::Unavailable(format!(
                         "{} paged windows backwards",
+                        self.base
+                    )));
+                }
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// One page of `cluster`'s batch log (`GET /v1/batches`): the batches it accepted with an
+    /// acceptance number above `after` (from the start when `None`), in acceptance order, at
+    /// most `limit` of them (the cloud's default, 1000, when `None`; at most 10,000).
+    pub async fn batches(
+        &self,
+        cluster: &str,
+        after: Option<u64>,
+        limit: Option<usize>,
+    ) -> Result<BatchesPage, QueryError> {
+        let mut path = format!("{PATH_BATCHES}?cluster={}", percent_encode(cluster));
+        if let Some(a) = after {
+            path.push_str(&format!("&after={a}"));
+        }
+        if let Some(l) = limit {
+            path.push_str(&format!("&limit={l}"));
+        }
+        self.get_json(path).await
+    }
+
+    /// `cluster`'s whole batch log, in acceptance order, fetched page by page.
+    pub async fn all_batches(&self, cluster: &str) -> Result<Vec<AcceptedBatch>, QueryError> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.batches(cluster, after, None).await?;
+            out.extend(page.batches);
+            match page.next_after {
+                Some(next) if after.is_none_or(|a| next > a) => after = Some(next),
+                Some(_) => {
+                    return Err(QueryError::Unavailable(format!(
+                        "{} paged the batch log backwards",
                         self.base
                     )));
                 }

@@ -7,6 +7,10 @@
 //! already stored is acknowledged and nothing is written but a higher term. **Then each window:**
 //! windows already held (from a batch cut differently) are counted as duplicates and kept as
 //! they were; only the others are written.
+//!
+//! [`Fence::AcceptStale`] (the `accept-stale` fault, for testing checkers) skips the fencing
+//! step only: a stale batch then goes on to the key and window checks as if its term were
+//! current, but never raises the cluster's term.
 
 use std::collections::BTreeMap;
 
@@ -21,6 +25,18 @@ pub struct Seen {
     pub key_stored: bool,
     /// The windows of the batch's range the store already holds, by sequence number.
     pub held: BTreeMap<u64, Window>,
+}
+
+/// Whether the term fence is enforced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Fence {
+    /// Refuse a term below the cluster's highest: the cloud's contract.
+    #[default]
+    Enforce,
+    /// Let a stale term through as though it were current (a deliberately broken cloud, only
+    /// under the `accept-stale` fault): the batch is stored with its own term, and the
+    /// cluster's highest term is left as it was.
+    AcceptStale,
 }
 
 /// What to do with a batch.
@@ -49,13 +65,23 @@ pub enum Decision {
         conflicts: Vec<u64>,
         /// Record the batch's term as the cluster's highest.
         raise_term: bool,
+        /// Under [`Fence::AcceptStale`], when the batch's term is stale: the cluster's highest
+        /// term, which would have refused it. `None` for a batch the fence lets through.
+        stale_over: Option<u64>,
     },
 }
 
-/// Decides what to do with `batch` (already checked) given what the store holds.
+/// Decides what to do with `batch` (already checked) given what the store holds, with the term
+/// fence enforced.
 pub fn decide(batch: &Batch, seen: &Seen) -> Decision {
-    if let Some(highest) = seen.highest_term
-        && batch.term < highest
+    decide_with(batch, seen, Fence::Enforce)
+}
+
+/// Like [`decide`], with the term fence as `fence` says.
+pub fn decide_with(batch: &Batch, seen: &Seen, fence: Fence) -> Decision {
+    let stale_over = seen.highest_term.filter(|&h| batch.term < h);
+    if let Some(highest) = stale_over
+        && fence == Fence::Enforce
     {
         return Decision::Stale {
             term: batch.term,
@@ -81,6 +107,7 @@ pub fn decide(batch: &Batch, seen: &Seen) -> Decision {
         duplicates,
         conflicts,
         raise_term,
+        stale_over,
     }
 }
 
@@ -127,7 +154,8 @@ mod tests {
                 new: vec![0, 1, 2],
                 duplicates: 0,
                 conflicts: vec![],
-                raise_term: true
+                raise_term: true,
+                stale_over: None
             }
         );
     }
@@ -157,6 +185,39 @@ mod tests {
     }
 
     #[test]
+    fn accept_stale_skips_only_the_fence() {
+        let seen = Seen {
+            highest_term: Some(5),
+            key_stored: false,
+            held: [2].into_iter().map(|s| (s, window(s))).collect(),
+        };
+        assert_eq!(
+            decide_with(&batch(3, 1, 3), &seen, Fence::AcceptStale),
+            Decision::Store {
+                new: vec![0, 2],
+                duplicates: 1,
+                conflicts: vec![],
+                raise_term: false,
+                stale_over: Some(5)
+            }
+        );
+        // A current term is decided as usual.
+        assert_eq!(
+            decide_with(&batch(6, 1, 3), &seen, Fence::AcceptStale),
+            decide(&batch(6, 1, 3), &seen)
+        );
+        // A stale key already held is a duplicate, and raises nothing.
+        let held = Seen {
+            key_stored: true,
+            ..seen
+        };
+        assert_eq!(
+            decide_with(&batch(3, 1, 3), &held, Fence::AcceptStale),
+            Decision::Duplicate { raise_term: false }
+        );
+    }
+
+    #[test]
     fn overlapping_windows_are_counted_not_rewritten() {
         let seen = Seen {
             highest_term: Some(2),
@@ -169,7 +230,8 @@ mod tests {
                 new: vec![0, 3],
                 duplicates: 2,
                 conflicts: vec![],
-                raise_term: false
+                raise_term: false,
+                stale_over: None
             }
         );
     }

@@ -22,7 +22,12 @@
 //!   ([`CloudServerConfig::faults_enabled`], `verge cloud serve --faults`) takes a [`Fault`] at
 //!   `POST /v1/faults` and misbehaves towards batches accordingly (500s, garbage answers, delays,
 //!   dropped connections; see [`FaultMode`]); the guarantees above still hold for whatever it does
-//!   store. Without the flag the endpoint refuses with 403 and batches are never faulted.
+//!   store, except in mode `accept-stale`, which turns fencing off to give checkers a cloud that
+//!   breaks it. Without the flag the endpoint refuses with 403 and batches are never faulted.
+//! - **An acceptance log.** Every batch record stored gets the next number of a durable
+//!   counter, in the same atomic step, and `GET /v1/batches?cluster=C` lists a cluster's records
+//!   in that order ([`BatchesPage`]), so a checker can see from outside which terms and gateways
+//!   the cloud accepted, and in what order.
 //!
 //! It does not check that a stream's windows arrive in order or without gaps (the summary shows
 //! gaps as `missing`), nor who may send which cluster: any authenticated client may post for any
@@ -44,8 +49,8 @@ pub mod tls;
 pub mod writer;
 
 pub use api::{
-    Batch, BatchAck, BatchError, BatchKey, Fault, FaultError, FaultMode, Summary, Window,
-    WindowsPage,
+    AcceptedBatch, Batch, BatchAck, BatchError, BatchKey, BatchesPage, Fault, FaultError,
+    FaultMode, Summary, Window, WindowsPage,
 };
 pub use client::{CloudClient, PostError, PostOutcome, QueryError};
 pub use error::CloudError;

@@ -8,7 +8,8 @@
 //! - `verge_cloud_highest_term{cluster}`: the fencing term per cluster;
 //! - `verge_cloud_request_seconds{route}`: request latency, from headers read to answer ready;
 //! - `verge_cloud_faults_applied_total{mode}`: batch requests that an injected fault (`error`,
-//!   `garbage`, `delay`, `down`) was applied to.
+//!   `garbage`, `delay`, `down`) was applied to, and stale batches stored only because of
+//!   `accept-stale`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +51,8 @@ pub enum Route {
     Windows,
     /// `GET /v1/summary`.
     Summary,
+    /// `GET /v1/batches`.
+    BatchLog,
 }
 
 impl BatchResult {
@@ -74,6 +77,7 @@ impl Route {
             Route::Batches => "batches",
             Route::Windows => "windows",
             Route::Summary => "summary",
+            Route::BatchLog => "batch_log",
         }
     }
 }

@@ -9,7 +9,8 @@
 //! With [`CloudServerConfig::faults_enabled`], `GET`/`POST /v1/faults` read and set a
 //! [`Fault`] that `POST /v1/batches` then suffers (see [`FaultMode`]); `error` and injected
 //! `down` requests are counted only in `verge_cloud_faults_applied_total`, while `delay` and
-//! `garbage` batches are handled, and counted by result, as usual.
+//! `garbage` batches are handled, and counted by result, as usual; `accept-stale` is counted
+//! there only for the stale batches it let through (which count as `stored`).
 //!
 //! Bounds: [`CONNECTIONS_MAX`] open connections (more are closed at once),
 //! [`HANDSHAKE_TIMEOUT`] for TLS, [`HEADER_READ_TIMEOUT`] for a request's headers,
@@ -42,10 +43,12 @@ use tracing::{debug, info, warn};
 
 use crate::CloudError;
 use crate::api::{
-    Batch, BatchAck, ErrorBody, Fault, FaultMode, PATH_BATCHES, PATH_FAULTS, PATH_HEALTH,
-    PATH_METRICS, PATH_SUMMARY, PATH_WINDOWS, WINDOWS_PAGE_DEFAULT, WINDOWS_PAGE_MAX, WindowsPage,
+    BATCHES_PAGE_DEFAULT, BATCHES_PAGE_MAX, Batch, BatchAck, ErrorBody, Fault, FaultMode,
+    PATH_BATCHES, PATH_FAULTS, PATH_HEALTH, PATH_METRICS, PATH_SUMMARY, PATH_WINDOWS,
+    WINDOWS_PAGE_DEFAULT, WINDOWS_PAGE_MAX, WindowsPage,
 };
 use crate::fault::{FAULT_HEADER, FaultSwitch, GARBAGE_BODY, Gated};
+use crate::ingest::Fence;
 use crate::metrics::{BatchResult, Metrics, Route};
 use crate::store::{CloudStore, Ingested, StoreError, StoreReader};
 use crate::writer::{self, WriterHandle};
@@ -268,7 +271,7 @@ pub async fn serve(config: CloudServerConfig) -> Result<RunningCloud, CloudError
         faults,
     });
     let router = Router::new()
-        .route(PATH_BATCHES, post(post_batch))
+        .route(PATH_BATCHES, post(post_batch).get(get_batches))
         .route(PATH_FAULTS, get(get_faults).post(post_faults))
         .route(PATH_WINDOWS, get(get_windows))
         .route(PATH_SUMMARY, get(get_summary))
@@ -519,6 +522,7 @@ impl AppState {
     async fn ingest(
         &self,
         req: Request,
+        fence: Fence,
     ) -> Result<(BatchResult, Response), (BatchResult, ApiError)> {
         let (parts, body) = req.into_parts();
         if let Err(e) = self.authorize(&parts.headers, parts.extensions.get::<ClientCert>()) {
@@ -574,7 +578,7 @@ impl AppState {
             .await
             .map_err(|e| (BatchResult::BadRequest, ApiError::bad(e)))?;
         let cluster = batch.cluster.clone();
-        match self.writer.ingest(batch).await {
+        match self.writer.ingest_with(batch, fence).await {
             Ok(Ingested::Stale { term, highest }) => {
                 let mut err = ApiError::new(
                     StatusCode::CONFLICT,
@@ -614,9 +618,15 @@ async fn post_batch(State(st): State<Arc<AppState>>, req: Request) -> Response {
     let started = Instant::now();
     // Read once: a fault set while this request waits applies to the next one.
     let fault = st.fault();
-    if fault.mode != FaultMode::None {
+    // accept-stale is counted by the writer, only for the stale batches it lets through.
+    if !matches!(fault.mode, FaultMode::None | FaultMode::AcceptStale) {
         st.metrics.fault_applied(fault.mode);
     }
+    let fence = if fault.mode == FaultMode::AcceptStale {
+        Fence::AcceptStale
+    } else {
+        Fence::Enforce
+    };
     if fault.mode == FaultMode::Error {
         st.drain(req.into_body()).await;
         let mut resp = ApiError::new(
@@ -631,7 +641,7 @@ async fn post_batch(State(st): State<Arc<AppState>>, req: Request) -> Response {
     if let Some(delay) = fault.delay() {
         tokio::time::sleep(delay).await;
     }
-    let (result, resp) = match st.ingest(req).await {
+    let (result, resp) = match st.ingest(req, fence).await {
         Ok(ok) => ok,
         Err((result, err)) => (result, err.into_response()),
     };
@@ -702,7 +712,7 @@ async fn post_faults(State(st): State<Arc<AppState>>, req: Request) -> Response 
         Ok(f) => f.checked().map_err(ApiError::bad),
         Err(e) => Err(ApiError::bad(format!(
             "the body is not a fault like {{\"mode\":\"delay\",\"delay_ms\":10000}} \
-             (modes: none, error, garbage, delay, down): {e}"
+             (modes: none, error, garbage, delay, down, accept-stale): {e}"
         ))),
     };
     match fault {
@@ -797,6 +807,55 @@ async fn windows(
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
     .map_err(|e| ApiError::store(&e))??;
     Ok(Json(page).into_response())
+}
+
+/// `GET /v1/batches` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchesQuery {
+    cluster: String,
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/batches`: a page of a cluster's batch log.
+async fn get_batches(
+    State(st): State<Arc<AppState>>,
+    cert: Option<Extension<ClientCert>>,
+    headers: HeaderMap,
+    query: Result<Query<BatchesQuery>, QueryRejection>,
+) -> Response {
+    let started = Instant::now();
+    let resp = async {
+        st.authorize(&headers, cert.as_ref().map(|c| &c.0))?;
+        let Query(q) = query.map_err(|e| {
+            ApiError::bad(format!(
+                "{} (expected cluster=NAME[&after=N][&limit=1..{BATCHES_PAGE_MAX}])",
+                e.body_text()
+            ))
+        })?;
+        verge_proto::id::validate_label(&q.cluster)
+            .map_err(|e| ApiError::bad(format!("cluster: {e}")))?;
+        let limit = match q.limit {
+            None => BATCHES_PAGE_DEFAULT,
+            Some(n @ 1..=BATCHES_PAGE_MAX) => n,
+            Some(n) => {
+                return Err(ApiError::bad(format!(
+                    "limit {n} is not between 1 and {BATCHES_PAGE_MAX}"
+                )));
+            }
+        };
+        let reader = st.reader.clone();
+        let page = tokio::task::spawn_blocking(move || reader.batches(&q.cluster, q.after, limit))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| ApiError::store(&e))?;
+        Ok::<_, ApiError>(Json(page).into_response())
+    }
+    .await
+    .unwrap_or_else(IntoResponse::into_response);
+    st.metrics.latency(Route::BatchLog, started.elapsed());
+    resp
 }
 
 async fn get_summary(

@@ -4,19 +4,29 @@
 //! NUL byte (both are validated), so NUL separates them and prefix scans are exact.
 //! - `t cluster` → the highest term accepted for the cluster (u64 BE);
 //! - `b cluster \0 stream \0 first(u64 BE) last(u64 BE)` → the batch record (term, gateway,
-//!   windows stored, duplicates; JSON);
+//!   windows stored, duplicates, acceptance number; JSON);
+//! - `c` → the last acceptance number given (u64 BE): every batch record stored gets the next
+//!   one, across all clusters, so they say in which order the cloud accepted batches;
+//! - `a cluster \0 accepted(u64 BE)` → the `b` key of the batch given that number: the
+//!   cluster's batch log, in acceptance order ([`StoreReader::batches`]);
 //! - `w cluster \0 stream \0 seq(u64 BE)` → one window: `ts_ms` (i64 BE) then each value (f64 BE);
 //! - `s cluster \0 stream` → the stream's totals (windows, first seq, last seq, batches; u64 BE each);
 //! - `format` → the layout version.
 //!
 //! **Atomicity and durability.** One batch is one `sled::Batch`, which sled applies atomically,
-//! so a crash leaves either all of a batch's key, windows, totals and term or none. A [`sync`]
+//! so a crash leaves either all of a batch's key, windows, totals, term, acceptance number and
+//! log entry or none. A [`sync`]
 //! after a group of batches makes them durable: sled 0.34.7's own flush ends with
 //! `sync_file_range`, which survives a killed process but not a power cut, so it is followed by
 //! an fsync of sled's log and blob files (as `verge-store` does).
 //!
 //! **Damage.** Values read back are decoded defensively; damage is [`StoreError::Corrupt`]
 //! naming the key, never a panic.
+//!
+//! **Older stores.** The counter and the log came later than layout `verge-cloud/1`, whose other
+//! tables they leave as they were, so the version stays. Batch records written before them read
+//! with `accepted` 0 and are in no log (their order was never recorded); [`CloudStore::open`]
+//! warns how many there are when it opens such a store.
 //!
 //! [`sync`]: CloudStore::sync
 
@@ -27,9 +37,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
-use crate::api::{Batch, ClusterSummary, NodeSummary, StreamSummary, Summary, Window, WindowsPage};
-use crate::ingest::{Decision, Seen, decide};
+use crate::api::{
+    AcceptedBatch, Batch, BatchesPage, ClusterSummary, NodeSummary, StreamSummary, Summary, Window,
+    WindowsPage,
+};
+use crate::ingest::{Decision, Fence, Seen, decide_with};
 
 const FORMAT_KEY: &[u8] = b"format";
 const FORMAT_VERSION: &[u8] = b"verge-cloud/1";
@@ -37,6 +51,8 @@ const TAG_TERM: u8 = b't';
 const TAG_BATCH: u8 = b'b';
 const TAG_WINDOW: u8 = b'w';
 const TAG_STREAM: u8 = b's';
+const TAG_ACCEPTED: u8 = b'a';
+const COUNTER_KEY: &[u8] = b"c";
 
 /// Why the store failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -101,6 +117,11 @@ pub enum Ingested {
         duplicates: u64,
         /// Held windows that differed from the batch's (kept as held).
         conflicts: Vec<u64>,
+        /// The batch's acceptance number.
+        accepted: u64,
+        /// Stored only because of [`Fence::AcceptStale`]: the cluster's highest term, which
+        /// would have refused it.
+        stale_over: Option<u64>,
     },
 }
 
@@ -111,6 +132,10 @@ struct BatchRecord {
     gateway: String,
     stored: u64,
     duplicates: u64,
+    /// Where the batch stands in the order the store accepted batches, from 1; 0 for a record
+    /// written before the counter existed.
+    #[serde(default)]
+    accepted: u64,
 }
 
 /// A stream's totals.
@@ -173,6 +198,34 @@ fn batch_key(b: &Batch) -> Vec<u8> {
     k.extend_from_slice(&b.first_seq.to_be_bytes());
     k.extend_from_slice(&b.last_seq.to_be_bytes());
     k
+}
+
+/// The start of a cluster's batch log.
+fn log_prefix(cluster: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + cluster.len() + 8);
+    k.push(TAG_ACCEPTED);
+    k.extend_from_slice(cluster.as_bytes());
+    k.push(0);
+    k
+}
+
+fn log_key(cluster: &str, accepted: u64) -> Vec<u8> {
+    let mut k = log_prefix(cluster);
+    k.extend_from_slice(&accepted.to_be_bytes());
+    k
+}
+
+/// The (cluster, stream, first, last) of a `b` key.
+fn split_batch_key(k: &[u8]) -> Option<(String, String, u64, u64)> {
+    let (names, seqs) = k.get(1..)?.split_at_checked(k.len().checked_sub(1 + 16)?)?;
+    let names = names.strip_suffix(&[0])?;
+    let (cluster, stream) = std::str::from_utf8(names).ok()?.split_once('\0')?;
+    Some((
+        cluster.to_owned(),
+        stream.to_owned(),
+        be_u64(&seqs[..8])?,
+        be_u64(&seqs[8..])?,
+    ))
 }
 
 fn window_key(cluster: &str, stream: &str, seq: u64) -> Vec<u8> {
@@ -274,6 +327,8 @@ impl Fsync {
 pub struct CloudStore {
     db: sled::Db,
     fsync: Fsync,
+    /// The last acceptance number given (the `c` key), kept here by the one writer.
+    accepted: u64,
 }
 
 impl CloudStore {
@@ -317,7 +372,28 @@ impl CloudStore {
         }
         let fsync = Fsync::open(dir)
             .map_err(|e| open_err(format!("cannot open sled's log file to sync it ({e})")))?;
-        Ok(Self { db, fsync })
+        let accepted = match db.get(COUNTER_KEY).map_err(|e| open_err(e.to_string()))? {
+            Some(v) => {
+                be_u64(&v).ok_or_else(|| corrupt(COUNTER_KEY, "the counter is not 8 bytes"))?
+            }
+            None => {
+                // Fresh, or written before the counter: say so if it holds unnumbered batches.
+                let legacy = db.scan_prefix([TAG_BATCH]).count();
+                if legacy > 0 {
+                    warn!(
+                        "the cloud store at {} holds {legacy} batches stored before it numbered \
+                         them: they read as accepted 0 and are not in GET /v1/batches",
+                        dir.display()
+                    );
+                }
+                0
+            }
+        };
+        Ok(Self {
+            db,
+            fsync,
+            accepted,
+        })
     }
 
     /// A handle for concurrent reads.
@@ -331,6 +407,15 @@ impl CloudStore {
     /// Returns the outcome and whether it wrote anything (and so needs a [`CloudStore::sync`]
     /// before it is acknowledged).
     pub fn ingest(&mut self, batch: &Batch) -> Result<(Ingested, bool), StoreError> {
+        self.ingest_with(batch, Fence::Enforce)
+    }
+
+    /// Like [`CloudStore::ingest`], with the term fence as `fence` says.
+    pub fn ingest_with(
+        &mut self,
+        batch: &Batch,
+        fence: Fence,
+    ) -> Result<(Ingested, bool), StoreError> {
         let term_k = term_key(&batch.cluster);
         let highest_term = self
             .db
@@ -360,7 +445,8 @@ impl CloudStore {
             key_stored,
             held,
         };
-        let decision = decide(batch, &seen);
+        let decision = decide_with(batch, &seen, fence);
+        let accepted = self.accepted + 1;
         let outcome = match &decision {
             Decision::Stale { term, highest } => Ingested::Stale {
                 term: *term,
@@ -371,11 +457,14 @@ impl CloudStore {
                 new,
                 duplicates,
                 conflicts,
+                stale_over,
                 ..
             } => Ingested::Stored {
                 stored: new.len() as u64,
                 duplicates: *duplicates,
                 conflicts: conflicts.clone(),
+                accepted,
+                stale_over: *stale_over,
             },
         };
         let wrote = match &decision {
@@ -405,12 +494,15 @@ impl CloudStore {
                     gateway: batch.gateway.clone(),
                     stored: new.len() as u64,
                     duplicates: *duplicates,
+                    accepted,
                 };
                 let record = serde_json::to_vec(&record).map_err(|e| StoreError::Disk {
                     action: "encode a batch record",
                     detail: e.to_string(),
                 })?;
+                writes.insert(log_key(&batch.cluster, accepted), batch_k.as_slice());
                 writes.insert(batch_k, record);
+                writes.insert(COUNTER_KEY, &accepted.to_be_bytes());
                 let stream_k = stream_prefix(TAG_STREAM, &batch.cluster, &batch.stream);
                 let mut totals = match self
                     .db
@@ -441,6 +533,9 @@ impl CloudStore {
         }
         if wrote {
             self.db.apply_batch(writes).map_err(disk("write a batch"))?;
+            if matches!(decision, Decision::Store { .. }) {
+                self.accepted = accepted;
+            }
         }
         Ok((outcome, wrote))
     }
@@ -508,6 +603,63 @@ impl StoreReader {
             let w = decode_window(seq, &v)
                 .ok_or_else(|| corrupt(&k, "a window is not a time and f64 values"))?;
             page.windows.push(w);
+        }
+        Ok(page)
+    }
+
+    /// Up to `limit` of `cluster`'s batch records with an acceptance number above `after` (all
+    /// of them when `None`), in acceptance order, and the `after` that continues them if the
+    /// limit cut this page.
+    pub fn batches(
+        &self,
+        cluster: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<BatchesPage, StoreError> {
+        let mut page = BatchesPage {
+            batches: Vec::new(),
+            next_after: None,
+        };
+        let lo = match after {
+            None => log_key(cluster, 0),
+            Some(u64::MAX) => return Ok(page),
+            Some(a) => log_key(cluster, a + 1),
+        };
+        let hi = log_key(cluster, u64::MAX);
+        for item in self.db.range(lo..=hi) {
+            let (k, batch_k) = item.map_err(disk("read the batch log"))?;
+            if page.batches.len() == limit {
+                page.next_after = page.batches.last().map(|b| b.accepted);
+                break;
+            }
+            let accepted = seq_of(&k).ok_or_else(|| corrupt(&k, "a log key is too short"))?;
+            let (cluster, stream, first_seq, last_seq) = split_batch_key(&batch_k)
+                .filter(|(c, ..)| c == cluster)
+                .ok_or_else(|| corrupt(&k, "a log entry is not a batch key of its cluster"))?;
+            let v = self
+                .db
+                .get(&batch_k)
+                .map_err(disk("read a batch record"))?
+                .ok_or_else(|| corrupt(&k, "a log entry names a batch that is not stored"))?;
+            let r: BatchRecord = serde_json::from_slice(&v)
+                .map_err(|e| corrupt(&batch_k, &format!("a batch record does not parse: {e}")))?;
+            if r.accepted != accepted {
+                return Err(corrupt(
+                    &k,
+                    &format!("the batch it names was accepted as {}", r.accepted),
+                ));
+            }
+            page.batches.push(AcceptedBatch {
+                cluster,
+                stream,
+                first_seq,
+                last_seq,
+                term: r.term,
+                gateway: r.gateway,
+                stored: r.stored,
+                duplicates: r.duplicates,
+                accepted,
+            });
         }
         Ok(page)
     }
@@ -669,6 +821,210 @@ mod tests {
             r.clusters_of("b1/aggregates/a").expect("clusters"),
             vec!["c1"]
         );
+    }
+
+    fn listed(r: &StoreReader, cluster: &str) -> Vec<(String, u64, u64, u64)> {
+        let page = r.batches(cluster, None, 1000).expect("batches");
+        assert_eq!(page.next_after, None);
+        page.batches
+            .into_iter()
+            .map(|b| (b.stream, b.first_seq, b.term, b.accepted))
+            .collect()
+    }
+
+    #[test]
+    fn the_acceptance_counter_increases_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut s = CloudStore::open(dir.path()).expect("open");
+            let (o, _) = s
+                .ingest(&batch(1, "b1/aggregates/a", 1, 2))
+                .expect("ingest");
+            assert!(matches!(o, Ingested::Stored { accepted: 1, .. }), "{o:?}");
+            let (o, _) = s
+                .ingest(&batch(1, "b1/aggregates/b", 1, 2))
+                .expect("ingest");
+            assert!(matches!(o, Ingested::Stored { accepted: 2, .. }), "{o:?}");
+            // A duplicate key, even one that raises the term, is not a new record.
+            let (o, wrote) = s
+                .ingest(&batch(2, "b1/aggregates/a", 1, 2))
+                .expect("ingest");
+            assert_eq!((o, wrote), (Ingested::Duplicate, true));
+            // Nor is a refused one.
+            let (o, wrote) = s
+                .ingest(&batch(1, "b1/aggregates/a", 3, 3))
+                .expect("ingest");
+            assert!(matches!(o, Ingested::Stale { .. }) && !wrote, "{o:?}");
+            s.sync().expect("sync");
+        }
+        let mut s = CloudStore::open(dir.path()).expect("reopen");
+        let (o, _) = s
+            .ingest(&batch(2, "b1/aggregates/a", 3, 4))
+            .expect("ingest");
+        assert!(matches!(o, Ingested::Stored { accepted: 3, .. }), "{o:?}");
+        s.sync().expect("sync");
+        assert_eq!(
+            listed(&s.reader(), "c1"),
+            vec![
+                ("b1/aggregates/a".into(), 1, 1, 1),
+                ("b1/aggregates/b".into(), 1, 1, 2),
+                ("b1/aggregates/a".into(), 3, 2, 3),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_record_without_a_number_reads_as_zero() {
+        let r: BatchRecord =
+            serde_json::from_str(r#"{"term":4,"gateway":"b1","stored":2,"duplicates":0}"#)
+                .expect("old record");
+        assert_eq!((r.term, r.accepted), (4, 0));
+    }
+
+    #[test]
+    fn the_batch_log_is_per_cluster_in_acceptance_order_and_paged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = CloudStore::open(dir.path()).expect("open");
+        // Interleave two clusters, and store seqs out of key order, so acceptance order is
+        // neither key order nor one cluster's numbers without gaps. "c10" extends "c1".
+        for (i, first) in [7u64, 1, 4, 10, 13].into_iter().enumerate() {
+            s.ingest(&batch(1, "b1/aggregates/a", first, first + 2))
+                .expect("ingest");
+            let mut other = batch(1, "b1/aggregates/a", first, first + 2);
+            other.cluster = if i % 2 == 0 { "c2" } else { "c10" }.into();
+            s.ingest(&other).expect("ingest");
+        }
+        s.sync().expect("sync");
+        let r = s.reader();
+        let all = listed(&r, "c1");
+        assert_eq!(
+            all.iter().map(|b| (b.1, b.3)).collect::<Vec<_>>(),
+            vec![(7, 1), (1, 3), (4, 5), (10, 7), (13, 9)]
+        );
+        assert_eq!(
+            listed(&r, "c2").iter().map(|b| b.3).collect::<Vec<_>>(),
+            vec![2, 6, 10]
+        );
+        assert_eq!(listed(&r, "c10").len(), 2);
+        assert!(listed(&r, "none").is_empty());
+
+        let page = r.batches("c1", None, 2).expect("page");
+        assert_eq!(
+            page.batches.iter().map(|b| b.accepted).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
+        assert_eq!(page.next_after, Some(3));
+        let page = r.batches("c1", Some(3), 2).expect("page");
+        assert_eq!(
+            page.batches.iter().map(|b| b.accepted).collect::<Vec<_>>(),
+            vec![5, 7]
+        );
+        assert_eq!(page.next_after, Some(7));
+        let page = r.batches("c1", Some(7), 2).expect("page");
+        assert_eq!(
+            page.batches.iter().map(|b| b.accepted).collect::<Vec<_>>(),
+            vec![9]
+        );
+        assert_eq!(page.next_after, None);
+        // A page exactly as long as the rest is not cut.
+        let page = r.batches("c1", Some(5), 2).expect("page");
+        assert_eq!((page.batches.len(), page.next_after), (2, None));
+        // `after` between numbers, and past the end.
+        let page = r.batches("c1", Some(4), 1).expect("page");
+        assert_eq!(page.batches[0].accepted, 5);
+        assert!(
+            r.batches("c1", Some(u64::MAX), 5)
+                .expect("page")
+                .batches
+                .is_empty()
+        );
+        let b = &r.batches("c1", None, 1).expect("page").batches[0];
+        assert_eq!(
+            b,
+            &AcceptedBatch {
+                cluster: "c1".into(),
+                stream: "b1/aggregates/a".into(),
+                first_seq: 7,
+                last_seq: 9,
+                term: 1,
+                gateway: "b1".into(),
+                stored: 3,
+                duplicates: 0,
+                accepted: 1,
+            }
+        );
+    }
+
+    #[test]
+    fn accept_stale_stores_a_stale_batch_with_its_term() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = CloudStore::open(dir.path()).expect("open");
+        s.ingest(&batch(5, "b1/aggregates/a", 1, 2))
+            .expect("ingest");
+        let stale = batch(3, "b1/aggregates/a", 3, 4);
+        let (o, wrote) = s.ingest(&stale).expect("ingest");
+        assert_eq!(
+            o,
+            Ingested::Stale {
+                term: 3,
+                highest: 5
+            }
+        );
+        assert!(!wrote);
+        let (o, wrote) = s.ingest_with(&stale, Fence::AcceptStale).expect("ingest");
+        assert!(wrote);
+        assert_eq!(
+            o,
+            Ingested::Stored {
+                stored: 2,
+                duplicates: 0,
+                conflicts: vec![],
+                accepted: 2,
+                stale_over: Some(5)
+            }
+        );
+        // A current term under the mode is stored as usual.
+        let (o, _) = s
+            .ingest_with(&batch(5, "b1/aggregates/a", 5, 5), Fence::AcceptStale)
+            .expect("ingest");
+        assert!(
+            matches!(
+                o,
+                Ingested::Stored {
+                    stale_over: None,
+                    accepted: 3,
+                    ..
+                }
+            ),
+            "{o:?}"
+        );
+        s.sync().expect("sync");
+        let r = s.reader();
+        assert_eq!(
+            listed(&r, "c1"),
+            vec![
+                ("b1/aggregates/a".into(), 1, 5, 1),
+                ("b1/aggregates/a".into(), 3, 3, 2),
+                ("b1/aggregates/a".into(), 5, 5, 3),
+            ]
+        );
+        // The cluster's highest term is untouched, so the fence still holds once the mode ends.
+        assert_eq!(r.terms().expect("terms")["c1"], 5);
+        let (o, _) = s
+            .ingest(&batch(3, "b1/aggregates/a", 6, 6))
+            .expect("ingest");
+        assert!(matches!(o, Ingested::Stale { .. }), "{o:?}");
+    }
+
+    #[test]
+    fn batch_keys_split_back() {
+        let b = batch(1, "b1/aggregates/a", 1, 256);
+        assert_eq!(
+            split_batch_key(&batch_key(&b)),
+            Some(("c1".into(), "b1/aggregates/a".into(), 1, 256))
+        );
+        assert_eq!(split_batch_key(b"b"), None);
+        assert_eq!(split_batch_key(&[TAG_BATCH; 17]), None);
     }
 
     #[test]

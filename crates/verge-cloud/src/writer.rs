@@ -18,7 +18,8 @@ use std::thread;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
 
-use crate::api::Batch;
+use crate::api::{Batch, FaultMode};
+use crate::ingest::Fence;
 use crate::metrics::Metrics;
 use crate::store::{CloudStore, Ingested, StoreError};
 
@@ -29,6 +30,8 @@ pub const GROUP_JOBS_MAX: usize = 256;
 
 struct Job {
     batch: Batch,
+    /// Enforced but under the `accept-stale` fault.
+    fence: Fence,
     reply: oneshot::Sender<Result<Ingested, StoreError>>,
 }
 
@@ -47,10 +50,19 @@ impl std::fmt::Debug for Job {
 impl WriterHandle {
     /// Stores a checked batch; answers once it is durable (or refused).
     pub async fn ingest(&self, batch: Batch) -> Result<Ingested, StoreError> {
+        self.ingest_with(batch, Fence::Enforce).await
+    }
+
+    /// Like [`WriterHandle::ingest`], with the term fence as `fence` says.
+    pub async fn ingest_with(&self, batch: Batch, fence: Fence) -> Result<Ingested, StoreError> {
         let (reply, answer) = oneshot::channel();
         let stopped = || StoreError::Failed("the writer has stopped".into());
         self.tx
-            .send(Job { batch, reply })
+            .send(Job {
+                batch,
+                fence,
+                reply,
+            })
             .await
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
@@ -96,10 +108,12 @@ fn run(
         let mut answers = Vec::with_capacity(group.len());
         let mut wrote_any = false;
         for job in &group {
-            let answer = store.ingest(&job.batch).map(|(outcome, wrote)| {
-                wrote_any |= wrote;
-                outcome
-            });
+            let answer = store
+                .ingest_with(&job.batch, job.fence)
+                .map(|(outcome, wrote)| {
+                    wrote_any |= wrote;
+                    outcome
+                });
             if let Err(e) = &answer {
                 warn!(batch = %job.batch.key(), "cloud store refused a batch: {e}");
             }
@@ -136,7 +150,21 @@ fn record(metrics: &Metrics, batch: &Batch, outcome: &Ingested) {
             stored,
             duplicates,
             conflicts,
+            accepted,
+            stale_over,
         } => {
+            if let Some(highest) = stale_over {
+                metrics.fault_applied(FaultMode::AcceptStale);
+                warn!(
+                    batch = %batch.key(),
+                    accepted,
+                    "fault injection (accept-stale): stored a batch of stale term {} below the \
+                     highest {highest} for cluster {}, from gateway {}; fencing is off",
+                    batch.term,
+                    batch.cluster,
+                    batch.gateway
+                );
+            }
             metrics.raise_term(&batch.cluster, batch.term);
             metrics.windows(*stored, *duplicates, conflicts.len() as u64);
             if !conflicts.is_empty() {

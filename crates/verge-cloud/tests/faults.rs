@@ -168,3 +168,59 @@ async fn each_mode_does_what_it_says_to_batches_only() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn accept_stale_stores_what_fencing_would_refuse() {
+    bounded(30, async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cloud = start_with_faults(dir.path()).await;
+        let c = client(&cloud);
+        c.post_batch(&batch(5, STREAM, 1, 2)).await.expect("post");
+        // Without the mode, fencing refuses the stale term.
+        let stale = batch(3, STREAM, 3, 4);
+        assert_eq!(
+            c.post_batch(&stale).await,
+            Err(PostError::Stale {
+                term: 3,
+                highest: 5
+            })
+        );
+        let set = c
+            .set_fault(fault(FaultMode::AcceptStale))
+            .await
+            .expect("set");
+        assert_eq!(set.mode, FaultMode::AcceptStale);
+        assert_eq!(
+            c.post_batch(&stale).await,
+            Ok(PostOutcome::Stored {
+                stored: 2,
+                duplicates: 0
+            })
+        );
+        // Stored with its own term; the cluster's highest stays 5.
+        let log = c.all_batches(CLUSTER).await.expect("log");
+        assert_eq!(
+            log.iter()
+                .map(|b| (b.first_seq, b.term, b.accepted))
+                .collect::<Vec<_>>(),
+            vec![(1, 5, 1), (3, 3, 2)]
+        );
+        assert_eq!(
+            c.summary().await.expect("summary").clusters[0].highest_term,
+            5
+        );
+        let (_, text) = raw(&cloud, "GET", "/metrics", &[], b"").await;
+        assert!(
+            text.contains("verge_cloud_faults_applied_total{mode=\"accept-stale\"} 1"),
+            "{text}"
+        );
+        // Cleared, fencing is back.
+        c.set_fault(Fault::NONE).await.expect("set");
+        assert!(matches!(
+            c.post_batch(&batch(3, STREAM, 5, 5)).await,
+            Err(PostError::Stale { .. })
+        ));
+        cloud.shutdown().await.expect("shutdown");
+    })
+    .await;
+}

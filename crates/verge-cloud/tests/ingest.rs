@@ -360,3 +360,96 @@ async fn windows_are_paged_in_order() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_batch_log_lists_stored_batches_in_acceptance_order() {
+    bounded(30, async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cloud = start(dir.path()).await;
+        let c = client(&cloud);
+        c.post_batch(&batch(1, STREAM, 4, 6)).await.expect("post");
+        c.post_batch(&batch(1, STREAM, 1, 3)).await.expect("post");
+        // A duplicate is not a new entry; another cluster's batch is not in this log.
+        assert_eq!(
+            c.post_batch(&batch(1, STREAM, 4, 6)).await,
+            Ok(PostOutcome::Duplicate)
+        );
+        let mut other = batch(1, STREAM, 1, 3);
+        other.cluster = "elsewhere".into();
+        c.post_batch(&other).await.expect("post");
+        let mut next = batch(2, STREAM, 7, 9);
+        next.gateway = "b3".into();
+        c.post_batch(&next).await.expect("post");
+
+        let log = c.all_batches(CLUSTER).await.expect("log");
+        assert_eq!(
+            log.iter()
+                .map(|b| (
+                    b.first_seq,
+                    b.last_seq,
+                    b.term,
+                    b.gateway.as_str(),
+                    b.accepted
+                ))
+                .collect::<Vec<_>>(),
+            vec![(4, 6, 1, "b2", 1), (1, 3, 1, "b2", 2), (7, 9, 2, "b3", 4)]
+        );
+        assert_eq!(
+            (log[0].cluster.as_str(), log[0].stream.as_str()),
+            (CLUSTER, STREAM)
+        );
+        assert_eq!((log[0].stored, log[0].duplicates), (3, 0));
+        assert_eq!(
+            c.all_batches("elsewhere").await.expect("log")[0].accepted,
+            3
+        );
+        assert!(c.all_batches("nobody").await.expect("log").is_empty());
+
+        // Paged by hand, and by all_batches across several pages.
+        let page = c.batches(CLUSTER, None, Some(2)).await.expect("page");
+        assert_eq!(page.batches.len(), 2);
+        assert_eq!(page.next_after, Some(2));
+        let page = c.batches(CLUSTER, Some(2), Some(2)).await.expect("page");
+        assert_eq!((page.batches[0].accepted, page.next_after), (4, None));
+
+        // Bearer token required; queries checked.
+        let (status, _) = raw(&cloud, "GET", "/v1/batches?cluster=corridor", &[], b"").await;
+        assert_eq!(status, 401);
+        let (auth, token) = bearer();
+        let auth = [(auth, token.as_str())];
+        for (query, says) in [
+            ("", "cluster"),
+            ("?cluster=Not%20A%20Label", "cluster"),
+            ("?cluster=corridor&limit=0", "limit 0"),
+            ("?cluster=corridor&limit=10001", "limit 10001"),
+            ("?cluster=corridor&after=soon", "after"),
+            ("?cluster=corridor&from=1", "from"),
+        ] {
+            let path = format!("/v1/batches{query}");
+            let (status, text) = raw(&cloud, "GET", &path, &auth, b"").await;
+            assert_eq!(status, 400, "{query}: {text}");
+            assert!(text.contains(says), "{query}: {text}");
+        }
+        let err = c
+            .batches(CLUSTER, None, Some(0))
+            .await
+            .expect_err("limit 0");
+        assert!(
+            matches!(err, QueryError::Rejected { status: 400, .. }),
+            "{err}"
+        );
+
+        // The counter survives a restart: the next batch is numbered after the last.
+        cloud.shutdown().await.expect("shutdown");
+        let cloud = start(dir.path()).await;
+        let c = client(&cloud);
+        c.post_batch(&batch(2, STREAM, 10, 10)).await.expect("post");
+        let log = c.all_batches(CLUSTER).await.expect("log");
+        assert_eq!(
+            log.iter().map(|b| b.accepted).collect::<Vec<_>>(),
+            vec![1, 2, 4, 5]
+        );
+        cloud.shutdown().await.expect("shutdown");
+    })
+    .await;
+}

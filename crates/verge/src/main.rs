@@ -111,7 +111,7 @@ enum CloudCommand {
     },
     /// Show or set the fault a cloud started with `--faults` injects into batch posts.
     #[command(
-        after_help = "Examples:\n  verge cloud fault --url https://127.0.0.1:8443 --ca cloud/tls/cert.pem --token-file cloud.token --mode error\n  verge cloud fault --url https://127.0.0.1:8443 --ca cloud/tls/cert.pem --token-file cloud.token --mode delay --delay-ms 3000\n  verge cloud fault --url https://127.0.0.1:8443 --ca cloud/tls/cert.pem --token-file cloud.token   # show\n\nModes, for POST /v1/batches only (every other endpoint keeps working):\n  none     handle batches normally\n  error    HTTP 500, nothing stored\n  garbage  store as usual, but answer 200 with a body that is not an acknowledgement\n  delay    wait --delay-ms (default 10000), then handle normally\n  down     close the connection without an answer, nothing stored\n\nExits 3 if the cloud cannot be reached."
+        after_help = "Examples:\n  verge cloud fault --url https://127.0.0.1:8443 --ca cloud/tls/cert.pem --token-file cloud.token --mode error\n  verge cloud fault --url https://127.0.0.1:8443 --ca cloud/tls/cert.pem --token-file cloud.token --mode delay --delay-ms 3000\n  verge cloud fault --url https://127.0.0.1:8443 --ca cloud/tls/cert.pem --token-file cloud.token   # show\n\nModes, for POST /v1/batches only (every other endpoint keeps working):\n  none     handle batches normally\n  error    HTTP 500, nothing stored\n  garbage  store as usual, but answer 200 with a body that is not an acknowledgement\n  delay    wait --delay-ms (default 10000), then handle normally\n  down     close the connection without an answer, nothing stored\n  accept-stale\n           fencing off: store a batch whose term is below the cluster's highest\n           (keeping its term) instead of refusing it with 409; a broken cloud for\n           testing checkers\n\nExits 3 if the cloud cannot be reached."
     )]
     Fault {
         /// The cloud's base URL, like https://127.0.0.1:8443.
@@ -149,6 +149,7 @@ enum FaultModeArg {
     Garbage,
     Delay,
     Down,
+    AcceptStale,
 }
 
 impl From<FaultModeArg> for verge_cloud::FaultMode {
@@ -159,6 +160,7 @@ impl From<FaultModeArg> for verge_cloud::FaultMode {
             FaultModeArg::Garbage => Self::Garbage,
             FaultModeArg::Delay => Self::Delay,
             FaultModeArg::Down => Self::Down,
+            FaultModeArg::AcceptStale => Self::AcceptStale,
         }
     }
 }
