@@ -10,6 +10,7 @@ mod admin;
 mod cloud;
 mod cluster;
 pub mod report;
+pub mod report_html;
 pub mod scenario;
 pub mod sumo;
 
