@@ -13,6 +13,7 @@ pub mod check;
 pub mod report;
 pub mod netns;
 pub mod runner;
+pub mod report_html;
 pub mod scenario;
 pub mod sumo;
 

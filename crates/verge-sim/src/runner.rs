@@ -129,15 +129,19 @@ pub struct Live {
 
 /// A future a hook returns.
 pub type HookFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// A hook run on the settled corridor.
+pub type BeforeCheck = Box<dyn FnOnce(Live) -> HookFuture + Send>;
+/// A hook that sees what was read back.
+pub type Tamper = Box<dyn FnOnce(&mut Observations) + Send>;
 
 /// Ways for tests to interfere with a run before it is judged.
 #[derive(Default)]
 pub struct Hooks {
     /// Runs once the corridor has settled, before anything is read back (e.g. post a batch
     /// to the cloud).
-    pub before_check: Option<Box<dyn FnOnce(Live) -> HookFuture + Send>>,
+    pub before_check: Option<BeforeCheck>,
     /// Sees (and may change) what was read back before it is judged.
-    pub tamper: Option<Box<dyn FnOnce(&mut Observations) + Send>>,
+    pub tamper: Option<Tamper>,
 }
 
 impl std::fmt::Debug for Hooks {
@@ -1283,13 +1287,13 @@ async fn take_sample(
 ) -> (Sample, Vec<(NodeSample, Counters)>) {
     let t = c.t();
     let mut set = JoinSet::new();
-    for i in 0..c.ids.len() {
+    for (i, prev) in counters.iter().enumerate() {
         let st = lock(&c.states)[i].clone();
         let running = c.cluster.is_running(i);
         let pid = c.cluster.nodes[i].pid();
         let admin = c.admin.clone();
         let addr = c.cluster.nodes[i].listen;
-        let prev = counters[i].clone();
+        let prev = prev.clone();
         set.spawn(async move {
             let (mut s, cnt) = if running && !st.paused {
                 sample_node(&admin, addr, &prev, dt).await
