@@ -14,8 +14,22 @@ use verge_sim::scenario::Scenario;
 use verge_tests::{run_verge, verge_bin};
 
 // One corridor at a time: each runs up to ten node processes on two cores.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-static SERIAL_SYNC: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs `f` on its own runtime while holding the corridor lock.
+fn serially<F: std::future::Future>(f: F) -> F::Output {
+    let _serial = serial();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
 
 /// The longest a shortened scenario may take from start to report.
 const RUN_TIMEOUT: Duration = Duration::from_secs(240);
@@ -29,7 +43,7 @@ fn repo() -> PathBuf {
 
 /// Runs `verge sim run simulations/NAME.toml --duration D` and returns its report.
 fn run_shipped(name: &str, duration: &str) -> Report {
-    let _serial = SERIAL_SYNC.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = serial();
     let out = tempfile::Builder::new()
         .prefix("verge-sim-test-")
         .tempdir()
@@ -56,7 +70,10 @@ fn run_shipped(name: &str, duration: &str) -> Report {
     let stdout = String::from_utf8_lossy(&run.stdout);
     let stderr = String::from_utf8_lossy(&run.stderr);
     let json = std::fs::read_to_string(out.path().join("report.json")).unwrap_or_else(|e| {
-        panic!("{name}: no report.json ({e}); exit {:?}\n{stdout}\n{stderr}", run.status)
+        panic!(
+            "{name}: no report.json ({e}); exit {:?}\n{stdout}\n{stderr}",
+            run.status
+        )
     });
     let report: Report = serde_json::from_str(&json).expect("report.json decodes");
     let raw: serde_json::Value = serde_json::from_str(&json).expect("report.json is JSON");
@@ -72,7 +89,10 @@ fn run_shipped(name: &str, duration: &str) -> Report {
         assert!(raw.get(key).is_some(), "report.json lacks `{key}`");
     }
     let html = std::fs::read_to_string(out.path().join("report.html")).expect("report.html");
-    assert!(html.matches("<svg").count() >= 6, "report.html has its plots");
+    assert!(
+        html.matches("<svg").count() >= 6,
+        "report.html has its plots"
+    );
     assert!(
         run.status.success() && report.passed,
         "{name} failed (exit {:?}):\n{stdout}\n{stderr}",
@@ -86,7 +106,10 @@ fn run_shipped(name: &str, duration: &str) -> Report {
 fn quickstart_passes() {
     let r = run_shipped("quickstart", "20");
     assert_eq!(r.nodes.len(), 5);
-    assert!(r.acknowledged_readings > 0 && r.sensor_readings > 0, "{r:?}");
+    assert!(
+        r.acknowledged_readings > 0 && r.sensor_readings > 0,
+        "{r:?}"
+    );
     assert!(r.windows_produced > 0 && r.windows_in_cloud >= r.windows_produced);
     assert!(r.faults.is_empty());
     assert!(r.samples.len() >= 15, "{} samples", r.samples.len());
@@ -95,7 +118,11 @@ fn quickstart_passes() {
 #[test]
 fn gateway_failover_passes_with_a_failover_per_kill() {
     let r = run_shipped("gateway-failover", "36");
-    let kills = r.faults.iter().filter(|f| f.what.starts_with("kill")).count();
+    let kills = r
+        .faults
+        .iter()
+        .filter(|f| f.what.starts_with("kill"))
+        .count();
     assert_eq!(kills, 3, "{:?}", r.faults);
     assert!(
         r.failovers_ms.len() >= 3,
@@ -126,7 +153,11 @@ fn cloud_outage_passes() {
 #[test]
 fn slow_node_offload_passes() {
     let r = run_shipped("slow-node-offload", "20");
-    assert!(r.faults.iter().any(|f| f.what.starts_with("slow inference b3")));
+    assert!(
+        r.faults
+            .iter()
+            .any(|f| f.what.starts_with("slow inference b3"))
+    );
 }
 
 #[test]
@@ -161,6 +192,7 @@ async fn run_small(text: &str, hooks: Hooks) -> Report {
         progress: true,
         settle_timeout: Duration::from_secs(30),
         netns: false,
+        rate_per_s: None,
     };
     tokio::time::timeout(RUN_TIMEOUT, runner::run(&scenario, &opts, hooks))
         .await
@@ -179,9 +211,8 @@ source = "synthetic"
 rate_per_s = 200
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reading_missing_from_every_replica_is_caught_and_named() {
-    let _serial = SERIAL.lock().await;
+#[test]
+fn a_reading_missing_from_every_replica_is_caught_and_named() {
     let picked = std::sync::Arc::new(std::sync::Mutex::new(None));
     let seen = std::sync::Arc::clone(&picked);
     let hooks = Hooks {
@@ -198,20 +229,22 @@ async fn a_reading_missing_from_every_replica_is_caught_and_named() {
             *seen.lock().expect("lock") = Some((a.stream, a.seq));
         })),
     };
-    let r = run_small(SMALL, hooks).await;
+    let r = serially(run_small(SMALL, hooks));
     let (stream, seq) = picked.lock().expect("lock").clone().expect("tampered");
     assert!(!r.passed);
     assert_eq!(r.lost_acknowledged, 1, "{:?}", r.violations);
     let v = &r.violations[0];
-    assert_eq!((v.invariant.as_str(), v.stream.as_str(), v.seq), ("lost_acknowledged", stream.as_str(), seq));
+    assert_eq!(
+        (v.invariant.as_str(), v.stream.as_str(), v.seq),
+        ("lost_acknowledged", stream.as_str(), seq)
+    );
     assert!(v.detail.contains("lacks it"), "{}", v.detail);
     // Removed from every holder alike, the replicas still agree.
     assert_eq!(r.replicas_diverged, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_accepted_from_an_old_term_is_caught_and_named() {
-    let _serial = SERIAL.lock().await;
+#[test]
+fn a_batch_accepted_from_an_old_term_is_caught_and_named() {
     let text = format!(
         "{SMALL}\n[[fault]]\nat_s = 2\nkind = \"kill\"\nnode = \"gateway\"\n\n[[fault]]\nat_s = 5\nkind = \"restart\"\nnode = \"gateway\"\n"
     );
@@ -259,7 +292,10 @@ async fn a_batch_accepted_from_an_old_term_is_caught_and_named() {
                         values: vec![0.0; 4],
                     }],
                 );
-                client.post_batch(&batch).await.expect("the broken cloud takes it");
+                client
+                    .post_batch(&batch)
+                    .await
+                    .expect("the broken cloud takes it");
                 client
                     .set_fault(verge_cloud::Fault {
                         mode: FaultMode::None,
@@ -271,7 +307,7 @@ async fn a_batch_accepted_from_an_old_term_is_caught_and_named() {
         })),
         tamper: None,
     };
-    let r = run_small(&text, hooks).await;
+    let r = serially(run_small(&text, hooks));
     assert!(!r.passed);
     assert_eq!(r.stale_term_accepted, 1, "{:?}", r.violations);
     let v = r
@@ -280,7 +316,10 @@ async fn a_batch_accepted_from_an_old_term_is_caught_and_named() {
         .find(|v| v.invariant == "stale_term_accepted")
         .expect("named");
     assert!(v.detail.contains("in term 1 accepted"), "{}", v.detail);
-    assert_eq!(r.lost_acknowledged + r.cloud_missing + r.cloud_duplicates, 0);
+    assert_eq!(
+        r.lost_acknowledged + r.cloud_missing + r.cloud_duplicates,
+        0
+    );
 }
 
 #[test]
@@ -318,8 +357,19 @@ fn bad_scenario_files_are_refused_with_their_line() {
         }
     }
     let out = run_verge(
-        &["sim", "check", repo().join("simulations/soak.toml").to_str().expect("utf-8")],
+        &[
+            "sim",
+            "check",
+            repo()
+                .join("simulations/soak.toml")
+                .to_str()
+                .expect("utf-8"),
+        ],
         Duration::from_secs(20),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -141,10 +141,11 @@ pub fn check_acknowledged(
     let empty = StreamHoldings::default();
     for a in acked {
         let s = streams.get(&a.stream).unwrap_or(&empty);
-        let held = s
-            .holders
-            .iter()
-            .any(|h| h.records.get(&a.seq).is_some_and(|r| same_record(r, &a.record)));
+        let held = s.holders.iter().any(|h| {
+            h.records
+                .get(&a.seq)
+                .is_some_and(|r| same_record(r, &a.record))
+        });
         if held {
             continue;
         }
@@ -158,7 +159,10 @@ pub fn check_acknowledged(
             .holders
             .iter()
             .map(|h| match h.records.get(&a.seq) {
-                Some(r) => format!("{} holds other values {:?} at {}", h.node, r.values, r.ts_ms),
+                Some(r) => format!(
+                    "{} holds other values {:?} at {}",
+                    h.node, r.values, r.ts_ms
+                ),
                 None if a.seq < h.first_seq => {
                     format!("{} dropped it (first seq {})", h.node, h.first_seq)
                 }
@@ -390,8 +394,10 @@ mod tests {
     }
 
     fn holding(node: &str, first: u64, seqs: impl IntoIterator<Item = u64>) -> Holding {
-        let records: BTreeMap<u64, Record> =
-            seqs.into_iter().map(|s| (s, rec(s as i64, s as f64))).collect();
+        let records: BTreeMap<u64, Record> = seqs
+            .into_iter()
+            .map(|s| (s, rec(s as i64, s as f64)))
+            .collect();
         Holding {
             node: node.into(),
             first_seq: first,
@@ -429,7 +435,11 @@ mod tests {
         assert_eq!(v.lost_acknowledged, 1);
         assert_eq!(v.violations[0].stream, "b1/raw/p");
         assert_eq!(v.violations[0].seq, 7);
-        assert!(v.violations[0].detail.contains("b1 lacks it"), "{:?}", v.violations);
+        assert!(
+            v.violations[0].detail.contains("b1 lacks it"),
+            "{:?}",
+            v.violations
+        );
         assert!(!v.passed());
     }
 
@@ -497,7 +507,9 @@ mod tests {
     fn the_cloud_must_hold_every_window_once_with_the_nodes_values() {
         let produced = BTreeMap::from([(
             "b1/aggregates/all".to_owned(),
-            (1..=5).map(|s| (s, rec(1_000 * s as i64, s as f64))).collect(),
+            (1..=5)
+                .map(|s| (s, rec(1_000 * s as i64, s as f64)))
+                .collect(),
         )]);
         let mut held: BTreeMap<u64, CloudWindow> = (1..=5)
             .map(|s| {
@@ -527,7 +539,11 @@ mod tests {
         assert_eq!(v.cloud_missing, 1);
         // One window with other values, and one counted twice (5 counted, 4 distinct).
         assert_eq!(v.cloud_duplicates, 2);
-        assert!(v.violations.iter().any(|x| x.seq == 3 && x.at_s == Some(3.0)));
+        assert!(
+            v.violations
+                .iter()
+                .any(|x| x.seq == 3 && x.at_s == Some(3.0))
+        );
     }
 
     fn batch(accepted: u64, term: u64, gateway: &str) -> AcceptedBatch {
@@ -555,7 +571,11 @@ mod tests {
             &mut v,
         );
         assert_eq!(v.stale_term_accepted, 1);
-        assert!(v.violations[0].detail.contains("in term 2 accepted (#3) after term 3"));
+        assert!(
+            v.violations[0]
+                .detail
+                .contains("in term 2 accepted (#3) after term 3")
+        );
     }
 
     #[test]

@@ -7,13 +7,13 @@
 //! through their config files, signals and admin endpoints: it never reaches into node internals.
 
 mod admin;
+pub mod check;
 mod cloud;
 mod cluster;
-pub mod check;
-pub mod report;
 pub mod netns;
-pub mod runner;
+pub mod report;
 pub mod report_html;
+pub mod runner;
 pub mod scenario;
 pub mod sumo;
 

@@ -164,7 +164,9 @@ impl Netns {
     pub fn netem(&self, i: usize, loss: f64, delay_ms: u32) -> Result<(), NetnsError> {
         let ns = &self.nodes[i].0;
         if loss <= 0.0 && delay_ms == 0 {
-            let _ = run(&["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", "eth0", "root"]);
+            let _ = run(&[
+                "ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", "eth0", "root",
+            ]);
             return Ok(());
         }
         let loss = format!("{:.4}%", loss * 100.0);

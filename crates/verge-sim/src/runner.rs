@@ -28,8 +28,8 @@ use tokio::task::JoinSet;
 use verge_proto::admin::{IngestReading, StreamRole, StreamView};
 use verge_proto::{Record, StreamKind};
 
-use crate::netns::Netns;
 use crate::check::{self, AcceptedBatch, AckedReading, CloudWindow, Holding, StreamHoldings};
+use crate::netns::Netns;
 use crate::report::{FaultEvent, GatewayChange, NodeSample, Report, Sample};
 use crate::scenario::{Fault, FaultKind, Scenario, Source, Target};
 use crate::{AdminClient, CloudProc, CloudSpec, ClusterError, ClusterSpec, LocalCluster};
@@ -105,6 +105,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// How long the settle may take.
     pub settle_timeout: Duration,
+    /// Readings per second per node for synthetic traffic instead of the scenario's.
+    pub rate_per_s: Option<f64>,
     /// Run each node in its own network namespace and make partitions, loss and delay with
     /// routes and `tc netem` instead of the nodes' fault layer (root only).
     pub netns: bool,
@@ -386,12 +388,10 @@ impl Corridor {
             .iter()
             .filter_map(|n| n.parse().ok())
             .collect();
-        within(self.admin.set_faults(
-            addr,
-            partition,
-            self.net.loss_ppm,
-            self.net.delay_ms,
-        ))
+        within(
+            self.admin
+                .set_faults(addr, partition, self.net.loss_ppm, self.net.delay_ms),
+        )
         .await?;
         Ok(())
     }
@@ -568,7 +568,10 @@ impl Corridor {
             }
         };
         let t = self.t();
-        self.faults.push(FaultEvent { at_s: t, what: what.clone() });
+        self.faults.push(FaultEvent {
+            at_s: t,
+            what: what.clone(),
+        });
         Ok(())
     }
 }
@@ -701,7 +704,10 @@ pub async fn run(
         scenario.nodes.len(),
         duration_s,
         if (scale - 1.0).abs() > 1e-9 {
-            format!(" (scenario {:.0} s; fault times scaled x{scale:.3})", scenario.duration_s)
+            format!(
+                " (scenario {:.0} s; fault times scaled x{scale:.3})",
+                scenario.duration_s
+            )
         } else {
             String::new()
         }
@@ -751,11 +757,19 @@ pub async fn run(
                 .map_err(|e| RunError::Unsupported(format!("{e}; run this scenario without --netns (the nodes' fault layer makes loss and delay)")))?;
         }
         spec.addresses = Some((0..scenario.nodes.len()).map(|i| ns.ip(i)).collect());
-        spec.wrap = Some((0..scenario.nodes.len()).map(|i| ns.exec_prefix(i)).collect());
+        spec.wrap = Some(
+            (0..scenario.nodes.len())
+                .map(|i| ns.exec_prefix(i))
+                .collect(),
+        );
         say(format!(
             "network namespaces {}n0..: nodes on 10.213.{subnet}.2.., partitions by blackhole routes{}",
             ns.tag(),
-            if wants_netem { ", loss and delay by tc netem" } else { "" }
+            if wants_netem {
+                ", loss and delay by tc netem"
+            } else {
+                ""
+            }
         ));
         Some(ns)
     } else {
@@ -811,7 +825,7 @@ pub async fn run(
             let mut toml = format!(
                 "\n[sensors.synthetic]\nsensors = {}\nrate_per_s = {}\nseed = {}\npattern = {{ kind = \"peaks\", period_s = 60.0, amplitude = 0.5 }}\n",
                 scenario.traffic.sensors,
-                scenario.traffic.rate_per_s,
+                opts.rate_per_s.unwrap_or(scenario.traffic.rate_per_s),
                 seed.wrapping_add(i as u64)
             );
             if corridor_layout && i > 0 && opts.model.is_some() {
@@ -958,11 +972,9 @@ pub async fn run(
                         .collect()
                 };
                 if let Some(&i) = live.get(k % live.len().max(1))
-                    && let Ok(Ok(v)) = tokio::time::timeout(
-                        Duration::from_millis(500),
-                        admin.gateway(addrs[i]),
-                    )
-                    .await
+                    && let Ok(Ok(v)) =
+                        tokio::time::timeout(Duration::from_millis(500), admin.gateway(addrs[i]))
+                            .await
                 {
                     let t = started.elapsed().as_secs_f64();
                     lock(&log).observe(t, v.gateway.map(|g| (g.to_string(), v.term)));
@@ -1073,7 +1085,9 @@ pub async fn run(
             let healed = if c.netns.is_some() {
                 within(admin.status(addr)).await.map(|_| ())
             } else {
-                within(admin.set_faults(addr, Vec::new(), 0, 0)).await.map(|_| ())
+                within(admin.set_faults(addr, Vec::new(), 0, 0))
+                    .await
+                    .map(|_| ())
             };
             if healed.is_ok() || Instant::now() > deadline {
                 break;
@@ -1408,7 +1422,10 @@ async fn wait_settled(
                 .filter(|s| s.cluster == CLUSTER)
                 .map(|s| (s.stream.as_str(), s.last_seq))
                 .collect();
-            for (id, cut) in cuts.iter().filter(|(_, k)| k.kind == StreamKind::Aggregates) {
+            for (id, cut) in cuts
+                .iter()
+                .filter(|(_, k)| k.kind == StreamKind::Aggregates)
+            {
                 let last = held.get(id.as_str()).copied().unwrap_or(0);
                 if last < cut.head {
                     behind.push(format!("{id} in the cloud at {last} of {}", cut.head));
@@ -1489,8 +1506,14 @@ async fn read_back(
                 holders.push(i);
             }
         }
-        let lo_tail = cut.head.saturating_sub(CONVERGE_TAIL - 1).max(cut.first_seq).max(1);
-        let lo = acked_from.get(id.as_str()).map_or(lo_tail, |&a| a.min(lo_tail));
+        let lo_tail = cut
+            .head
+            .saturating_sub(CONVERGE_TAIL - 1)
+            .max(cut.first_seq)
+            .max(1);
+        let lo = acked_from
+            .get(id.as_str())
+            .map_or(lo_tail, |&a| a.min(lo_tail));
         let mut holdings = StreamHoldings {
             holders: Vec::new(),
             quota_filled: quota_filled.contains(&c.ids[cut.owner]),
@@ -1646,7 +1669,10 @@ mod tests {
         assert_eq!(g.changes.len(), 2);
         assert_eq!(g.changes[0].from, None);
         let fo = &g.changes[1];
-        assert_eq!((fo.from.as_deref(), fo.to.as_str(), fo.term), (Some("b1"), "b2", 3));
+        assert_eq!(
+            (fo.from.as_deref(), fo.to.as_str(), fo.term),
+            (Some("b1"), "b2", 3)
+        );
         assert!((fo.failover_ms - 300.0).abs() < 1e-6, "{}", fo.failover_ms);
     }
 }

@@ -49,6 +49,9 @@ pub struct RunArgs {
     /// Longest wait, in seconds, for replicas and the cloud to catch up after the run.
     #[arg(long, default_value_t = 60)]
     settle_s: u64,
+    /// Readings per second per node of synthetic traffic, instead of the scenario's.
+    #[arg(long, value_parser = parse_rate)]
+    rate: Option<f64>,
     /// No progress lines; only the summary.
     #[arg(long)]
     quiet: bool,
@@ -77,8 +80,19 @@ fn parse_duration(s: &str) -> Result<f64, String> {
     Ok(secs)
 }
 
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 && r <= 1e6 => Ok(r),
+        _ => Err(format!(
+            "`{s}` is not a rate between 0 and 1000000 readings/s"
+        )),
+    }
+}
+
 fn model_manifest(dir: Option<&Path>) -> Option<PathBuf> {
-    let m = dir.unwrap_or(Path::new("models")).join("default/model.toml");
+    let m = dir
+        .unwrap_or(Path::new("models"))
+        .join("default/model.toml");
     m.canonicalize().ok().filter(|p| p.is_file())
 }
 
@@ -143,6 +157,7 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<ExitCode> {
         progress: !args.quiet,
         settle_timeout: Duration::from_secs(args.settle_s),
         netns: args.netns,
+        rate_per_s: args.rate,
     };
     let report = match runner::run(&scenario, &opts, Hooks::default()).await {
         Ok(r) => r,
