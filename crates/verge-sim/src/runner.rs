@@ -1535,9 +1535,19 @@ async fn read_back(
             } else {
                 BTreeMap::new()
             };
+            // A node whose quota was filled keeps dropping its oldest readings as new ones
+            // arrive, so its first record may have moved on since it was listed.
+            let first_seq = if quota_filled.contains(&c.ids[i]) {
+                records
+                    .keys()
+                    .next()
+                    .map_or(view.first_seq, |&k| k.max(view.first_seq))
+            } else {
+                view.first_seq
+            };
             holdings.holders.push(Holding {
                 node: c.ids[i].clone(),
-                first_seq: view.first_seq,
+                first_seq,
                 durable_head: to,
                 records,
             });
