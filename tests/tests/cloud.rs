@@ -1,8 +1,8 @@
 //! The reference cloud as a process (`verge cloud serve`): bad requests are refused with the
 //! right status and store nothing, a batch posted twice is stored once, every injected fault
 //! (`verge cloud serve --faults`, `verge cloud fault`) reaches the client as retryable within its
-//! timeout and a retry after the fault stores the batch exactly once, and what was stored
-//! survives a SIGKILL.
+//! timeout and a retry after the fault stores the batch exactly once, what was stored
+//! survives a SIGKILL, and a stale batch let through by `accept-stale` shows in the batch log.
 
 use std::time::{Duration, Instant};
 
@@ -349,6 +349,41 @@ async fn stored_batches_survive_a_sigkill() {
             })
         );
         assert_eq!(summary(&client).await, before);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_stale_shows_in_the_batch_log_with_the_stale_term() {
+    bounded(async {
+        let cloud = CloudProcess::start(&["--faults"]);
+        let client = cloud.client(CALL_TIMEOUT);
+        let stream = "b1/aggregates/north";
+        assert!(matches!(
+            client.post_batch(&batch(5, stream, 1, 3)).await,
+            Ok(PostOutcome::Stored { .. })
+        ));
+        cloud.set_fault(&["--mode", "accept-stale"]);
+        assert_eq!(
+            client.post_batch(&batch(3, stream, 4, 6)).await,
+            Ok(PostOutcome::Stored {
+                stored: 3,
+                duplicates: 0
+            })
+        );
+        let log = client.all_batches(CLUSTER).await.expect("batch log");
+        assert_eq!(
+            log.iter()
+                .map(|b| (b.first_seq, b.last_seq, b.term))
+                .collect::<Vec<_>>(),
+            vec![(1, 3, 5), (4, 6, 3)]
+        );
+        assert!(log[0].accepted < log[1].accepted, "{log:?}");
+        assert!(
+            cloud.log().contains("stored a batch of stale term 3"),
+            "the cloud warns when it accepts a stale batch:\n{}",
+            cloud.log()
+        );
     })
     .await;
 }
