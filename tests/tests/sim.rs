@@ -141,7 +141,9 @@ fn partition_heal_passes() {
     let r = run_shipped("partition-heal", "30");
     assert!(r.faults.iter().any(|f| f.what.starts_with("partition")));
     assert!(
-        r.samples.iter().any(|s| s.nodes.values().any(|n| n.lag.unwrap_or(0) > 200)),
+        r.samples
+            .iter()
+            .any(|s| s.nodes.values().any(|n| n.lag.unwrap_or(0) > 200)),
         "no replica fell behind during the partition"
     );
     assert!(r.faults.iter().any(|f| f.what == "heal"));
@@ -159,7 +161,9 @@ fn partition_heal_passes_in_network_namespaces() {
     assert!(r.faults.iter().any(|f| f.what.starts_with("partition")));
     // The cut was real: some replica fell behind while it lasted.
     assert!(
-        r.samples.iter().any(|s| s.nodes.values().any(|n| n.lag.unwrap_or(0) > 200)),
+        r.samples
+            .iter()
+            .any(|s| s.nodes.values().any(|n| n.lag.unwrap_or(0) > 200)),
         "no replica fell behind during the partition"
     );
     let ns_left = std::process::Command::new("ip")
