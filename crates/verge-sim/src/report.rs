@@ -46,8 +46,16 @@ pub struct Report {
     pub windows_produced: u64,
     /// Windows the cloud holds.
     pub windows_in_cloud: u64,
-    /// The highest resident set per node, in MiB.
+    /// The highest resident set per node, in MiB (counting every page of the shared binary it
+    /// has touched).
     pub max_rss_mib: BTreeMap<String, f64>,
+    /// The highest proportional set per node, in MiB: its private pages plus its share of the
+    /// pages it shares with the other nodes (the binary), i.e. what it adds to the machine.
+    #[serde(default)]
+    pub max_pss_mib: BTreeMap<String, f64>,
+    /// The highest private (anonymous: heap, stacks) memory per node, in MiB.
+    #[serde(default)]
+    pub max_private_mib: BTreeMap<String, f64>,
     /// Every invariant violation, named.
     pub violations: Vec<Violation>,
     /// The faults as they were applied.
@@ -130,4 +138,10 @@ pub struct NodeSample {
     pub offloaded_share: Option<f64>,
     /// Resident set, MiB.
     pub rss_mib: Option<f64>,
+    /// Proportional set, MiB.
+    #[serde(default)]
+    pub pss_mib: Option<f64>,
+    /// Private (anonymous) memory, MiB.
+    #[serde(default)]
+    pub private_mib: Option<f64>,
 }

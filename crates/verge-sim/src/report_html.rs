@@ -278,11 +278,11 @@ fn summary(o: &mut String, r: &Report, nodes: &[String]) -> fmt::Result {
     row(o, "failover median", ms(median(&r.failovers_ms)))?;
     o.push_str("</tbody>\n</table>\n</div>\n");
 
-    o.push_str("<div>\n<h2>Max RSS</h2>\n");
+    o.push_str("<div>\n<h2>Memory per node (max, MiB)</h2>\n");
     if r.max_rss_mib.is_empty() {
         o.push_str("<p class=\"none\">none</p>\n");
     } else {
-        o.push_str("<table>\n<thead><tr><th>node</th><th>MiB</th></tr></thead>\n<tbody>\n");
+        o.push_str("<table>\n<thead><tr><th>node</th><th>RSS</th><th>PSS</th><th>private</th></tr></thead>\n<tbody>\n");
         let known: BTreeSet<&str> = nodes.iter().map(String::as_str).collect();
         let ordered = nodes
             .iter()
@@ -292,12 +292,17 @@ fn summary(o: &mut String, r: &Report, nodes: &[String]) -> fmt::Result {
                     .iter()
                     .filter(|(n, _)| !known.contains(n.as_str())),
             );
+        let other = |m: &std::collections::BTreeMap<String, f64>, n: &str| {
+            m.get(n).map_or_else(|| "n/a".to_string(), |v| num(*v, 1))
+        };
         for (n, v) in ordered {
             writeln!(
                 o,
-                "<tr><td>{}</td><td class=\"num\">{}</td></tr>",
+                "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
                 esc(n),
-                num(*v, 1)
+                num(*v, 1),
+                other(&r.max_pss_mib, n),
+                other(&r.max_private_mib, n)
             )?;
         }
         o.push_str("</tbody>\n</table>\n");
@@ -886,6 +891,8 @@ mod tests {
                         },
                         offloaded_share: (!down).then_some(0.1 * k as f64),
                         rss_mib: Some(80.0),
+                        pss_mib: Some(20.0),
+                        private_mib: Some(10.0),
                     },
                 );
             }
@@ -1004,6 +1011,8 @@ mod tests {
                                 inference_p99_ms: Some(17.123 + k as f64),
                                 offloaded_share: Some((i % 10) as f64 / 9.7),
                                 rss_mib: Some(100.0),
+                                pss_mib: Some(30.0),
+                                private_mib: Some(12.0),
                             },
                         )
                     })

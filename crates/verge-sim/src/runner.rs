@@ -38,6 +38,8 @@ use crate::{AdminClient, CloudProc, CloudSpec, ClusterError, ClusterSpec, LocalC
 pub const CLUSTER: &str = "sim";
 /// The sensor the run's producer writes to on every node.
 pub const PROBE_SENSOR: &str = "sim-probe";
+/// Bytes of one producer reading (its time and four values).
+const READING_BYTES: u64 = 8 + 4 * 8;
 /// Readings per producer batch, and how often each node gets one.
 const PROBE_BATCH: usize = 20;
 const PROBE_EVERY: Duration = Duration::from_millis(200);
@@ -595,17 +597,20 @@ async fn within<T, E: std::fmt::Display>(
     }
 }
 
-/// The resident set of `pid` in MiB.
-fn rss_mib(pid: u32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = s
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
+/// Resident, proportional and private (anonymous) memory of `pid`, in MiB.
+fn memory_mib(pid: u32) -> Option<(f64, f64, f64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |name: &str| -> Option<f64> {
+        let kb: f64 = s
+            .lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        Some(kb / 1024.0)
+    };
+    Some((field("Rss:")?, field("Pss:")?, field("Anonymous:")?))
 }
 
 /// The TOML every node gets besides its identity: faults on, voters, replication, windows,
@@ -1000,6 +1005,8 @@ pub async fn run(
     let mut counters: Vec<Counters> = vec![Counters::default(); n];
     let mut sensor_total: u64 = 0;
     let mut max_rss: BTreeMap<String, f64> = BTreeMap::new();
+    let mut max_pss: BTreeMap<String, f64> = BTreeMap::new();
+    let mut max_private: BTreeMap<String, f64> = BTreeMap::new();
     let mut last_sample = c.started;
     let mut next_sample = c.started;
     let mut next_progress = c.started + PROGRESS_EVERY;
@@ -1028,9 +1035,15 @@ pub async fn run(
                 if let Some(rate) = s.readings_per_s {
                     sensor_total += (rate * dt).round() as u64;
                 }
-                if let Some(rss) = s.rss_mib {
-                    let e = max_rss.entry(c.ids[i].clone()).or_insert(0.0);
-                    *e = e.max(rss);
+                for (value, max) in [
+                    (s.rss_mib, &mut max_rss),
+                    (s.pss_mib, &mut max_pss),
+                    (s.private_mib, &mut max_private),
+                ] {
+                    if let Some(v) = value {
+                        let e = max.entry(c.ids[i].clone()).or_insert(0.0);
+                        *e = e.max(v);
+                    }
                 }
                 if cnt.readings.is_some() {
                     counters[i] = cnt;
@@ -1259,6 +1272,8 @@ pub async fn run(
         windows_produced,
         windows_in_cloud,
         max_rss_mib: max_rss,
+        max_pss_mib: max_pss,
+        max_private_mib: max_private,
         violations: verdict.violations,
         faults: c.faults.clone(),
         gateway_changes: changes,
@@ -1318,7 +1333,11 @@ async fn take_sample(
                 (NodeSample::default(), Counters::default())
             };
             s.up = running;
-            s.rss_mib = pid.filter(|_| running).and_then(rss_mib);
+            if let Some((rss, pss, private)) = pid.filter(|_| running).and_then(memory_mib) {
+                s.rss_mib = Some(rss);
+                s.pss_mib = Some(pss);
+                s.private_mib = Some(private);
+            }
             (i, s, cnt)
         });
     }
@@ -1629,8 +1648,20 @@ pub fn summary(r: &Report) -> String {
         max_fo,
         r.faults.len()
     );
-    let rss = r.max_rss_mib.values().copied().fold(0.0, f64::max);
-    let _ = writeln!(s, "  largest node resident set {rss:.1} MiB");
+    let most = |m: &BTreeMap<String, f64>| m.values().copied().fold(0.0, f64::max);
+    let _ = writeln!(
+        s,
+        "  largest node memory: resident {:.1} MiB, proportional {:.1} MiB, private {:.1} MiB",
+        most(&r.max_rss_mib),
+        most(&r.max_pss_mib),
+        most(&r.max_private_mib)
+    );
+    let _ = writeln!(
+        s,
+        "  acknowledged readings lost: {} ({} bytes of readings)",
+        r.lost_acknowledged,
+        r.lost_acknowledged * READING_BYTES
+    );
     let _ = writeln!(
         s,
         "  lost_acknowledged {}  cloud_missing {}  cloud_duplicates {}  stale_term_accepted {}  replicas_diverged {}",
