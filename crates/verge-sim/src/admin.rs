@@ -1,8 +1,9 @@
 //! A client for a node's admin endpoint (`verge-admin/1`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use verge_net::{NetConfig, NetError, admin_connect, connection_refusal, request};
 use verge_pki::{ClientAuth, PkiError, load_roots};
@@ -64,6 +65,8 @@ pub struct AdminClient {
     ca: PathBuf,
     auth: Option<(PathBuf, PathBuf)>,
     cfg: NetConfig,
+    /// Open connections by node, when reused (see [`AdminClient::reusing_connections`]).
+    pool: Option<Arc<Mutex<HashMap<SocketAddr, quinn::Connection>>>>,
 }
 
 impl AdminClient {
@@ -73,6 +76,43 @@ impl AdminClient {
             ca: ca.to_owned(),
             auth: auth.map(|(c, k)| (c.to_owned(), k.to_owned())),
             cfg: NetConfig::default(),
+            pool: None,
+        }
+    }
+
+    /// Keeps one connection per node open and sends every request on it (clones share them),
+    /// instead of a handshake per request: for a caller that asks many nodes many things (the
+    /// simulation runner). A request that fails drops its connection; the next one makes a new
+    /// one. Nothing is retried, so a request is never sent twice.
+    pub fn reusing_connections(mut self) -> Self {
+        self.pool = Some(Arc::default());
+        self
+    }
+
+    fn pooled(&self, addr: SocketAddr) -> Option<quinn::Connection> {
+        let pool = self.pool.as_ref()?;
+        let mut map = pool.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&addr) {
+            Some(c) if c.close_reason().is_none() => Some(c.clone()),
+            Some(_) => {
+                map.remove(&addr);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn set_pooled(&self, addr: SocketAddr, conn: Option<quinn::Connection>) {
+        if let Some(pool) = &self.pool {
+            let mut map = pool.lock().unwrap_or_else(|p| p.into_inner());
+            match conn {
+                Some(c) => {
+                    map.insert(addr, c);
+                }
+                None => {
+                    map.remove(&addr);
+                }
+            }
         }
     }
 
@@ -82,16 +122,28 @@ impl AdminClient {
         addr: SocketAddr,
         req: &AdminRequest,
     ) -> Result<AdminResponse, AdminError> {
-        let roots = load_roots(&self.ca)?;
-        let auth = match &self.auth {
-            Some((c, k)) => Some(ClientAuth::load(c, k)?),
-            None => None,
+        let conn = match self.pooled(addr) {
+            Some(c) => c,
+            None => {
+                let roots = load_roots(&self.ca)?;
+                let auth = match &self.auth {
+                    Some((c, k)) => Some(ClientAuth::load(c, k)?),
+                    None => None,
+                };
+                admin_connect(addr, Arc::clone(&roots), auth, &self.cfg)
+                    .await
+                    .map_err(|e| classify(addr, e))?
+            }
         };
-        let conn = admin_connect(addr, Arc::clone(&roots), auth, &self.cfg)
-            .await
-            .map_err(|e| classify(addr, e))?;
+        // Taken out of the pool while in use: a request cut short by its caller's timeout
+        // leaves nothing behind for the next one to wait on.
+        self.set_pooled(addr, None);
         let resp = request::<_, AdminResponse>(&conn, req, self.cfg.frame_bytes_max).await;
-        conn.close(0u32.into(), b"done");
+        if self.pool.is_some() && resp.is_ok() {
+            self.set_pooled(addr, Some(conn));
+        } else {
+            conn.close(0u32.into(), b"done");
+        }
         let resp = resp.map_err(|e| classify(addr, e))?;
         if let AdminResponse::Error { message } = resp {
             return Err(AdminError::Node { addr, message });

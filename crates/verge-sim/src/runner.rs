@@ -859,7 +859,7 @@ pub async fn run(
         })?;
     }
 
-    let admin = cluster.admin();
+    let admin = cluster.admin().reusing_connections();
     let n = scenario.nodes.len();
     let mut c = Corridor {
         cluster,
