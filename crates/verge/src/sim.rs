@@ -80,6 +80,21 @@ fn parse_duration(s: &str) -> Result<f64, String> {
     Ok(secs)
 }
 
+/// Waits for SIGINT or SIGTERM; names it. If the handlers cannot be installed, never returns.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        _ => std::future::pending().await,
+    }
+}
+
 fn parse_rate(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(r) if r.is_finite() && r > 0.0 && r <= 1e6 => Ok(r),
@@ -159,7 +174,17 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<ExitCode> {
         netns: args.netns,
         rate_per_s: args.rate,
     };
-    let report = match runner::run(&scenario, &opts, Hooks::default()).await {
+    // Ctrl-C or SIGTERM ends the run: dropping it kills the nodes and the cloud and removes
+    // what it made (they run in their own process groups, so nothing else would).
+    let run = runner::run(&scenario, &opts, Hooks::default());
+    let outcome = tokio::select! {
+        r = run => r,
+        sig = stop_signal() => {
+            eprintln!("stopped by {sig}: the nodes and the cloud are killed; no report");
+            return Ok(ExitCode::from(130));
+        }
+    };
+    let report = match outcome {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: the run could not be carried out: {e}");
