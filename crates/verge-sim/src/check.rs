@@ -123,12 +123,11 @@ impl Verdict {
 
 /// Bit-for-bit equality of two records (NaN equals NaN of the same bits; 0.0 differs from -0.0).
 pub fn same_record(a: &Record, b: &Record) -> bool {
-    a.ts_ms == b.ts_ms
-        && a.values.len() == b.values.len()
-        && a.values
-            .iter()
-            .zip(&b.values)
-            .all(|(x, y)| x.to_bits() == y.to_bits())
+    same_bits(a.ts_ms, &a.values, b.ts_ms, &b.values)
+}
+
+fn same_bits(ta: i64, a: &[f64], tb: i64, b: &[f64]) -> bool {
+    ta == tb && a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
 /// Checks that every acknowledged reading is held.
@@ -268,9 +267,8 @@ pub fn check_cloud(
             match held.get(&seq) {
                 None => {
                     v.cloud_missing += 1;
-                    let mut lm = listed_missing;
                     v.push(
-                        &mut lm,
+                        &mut listed_missing,
                         Violation {
                             invariant: "cloud_missing".into(),
                             stream: stream.clone(),
@@ -279,20 +277,12 @@ pub fn check_cloud(
                             detail: "produced by its node, not in the cloud".into(),
                         },
                     );
-                    listed_missing = lm;
                 }
                 Some(w) => {
-                    let same = w.ts_ms == r.ts_ms
-                        && w.values.len() == r.values.len()
-                        && w.values
-                            .iter()
-                            .zip(&r.values)
-                            .all(|(a, b)| a.to_bits() == b.to_bits());
-                    if !same {
+                    if !same_bits(w.ts_ms, &w.values, r.ts_ms, &r.values) {
                         v.cloud_duplicates += 1;
-                        let mut ld = listed_dup;
                         v.push(
-                            &mut ld,
+                            &mut listed_dup,
                             Violation {
                                 invariant: "cloud_duplicates".into(),
                                 stream: stream.clone(),
@@ -304,7 +294,6 @@ pub fn check_cloud(
                                 ),
                             },
                         );
-                        listed_dup = ld;
                     }
                 }
             }
@@ -316,9 +305,8 @@ pub fn check_cloud(
         if count > distinct && cloud.contains_key(stream) {
             let extra = count - distinct;
             v.cloud_duplicates += extra;
-            let mut ld = listed_dup;
             v.push(
-                &mut ld,
+                &mut listed_dup,
                 Violation {
                     invariant: "cloud_duplicates".into(),
                     stream: stream.clone(),
@@ -332,7 +320,6 @@ pub fn check_cloud(
                     ),
                 },
             );
-            listed_dup = ld;
         }
     }
 }

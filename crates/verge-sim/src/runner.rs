@@ -269,10 +269,8 @@ impl GatewayLog {
                     self.current = Some((g, term));
                 }
             }
-            Some((cur, cur_term)) if term < *cur_term => {
-                // A stale view from a node that has not heard yet.
-                let _ = cur;
-            }
+            // A stale view from a node that has not heard of the new gateway yet.
+            Some((_, cur_term)) if term < *cur_term => {}
             prev => {
                 let from = prev.as_ref().map(|(p, _)| p.clone());
                 // The latest fault that hit the old gateway while it was gateway; else the last
@@ -1150,24 +1148,12 @@ pub async fn run(
 
     // --- Check ---------------------------------------------------------------------------
     say("checking: reading every replica and the cloud back".into());
-    let quota_filled: BTreeSet<String> = {
-        let st = lock(&c.states);
-        let mut set = BTreeSet::new();
-        for (i, s) in st.iter().enumerate() {
-            if s.quota_filled {
-                set.insert(c.ids[i].clone());
-            }
-        }
-        set
-    };
-    // A fill-disk fault that happened is remembered even though the settle reset it.
-    let quota_filled: BTreeSet<String> = quota_filled
-        .into_iter()
-        .chain(c.faults.iter().filter_map(|f| {
-            f.what
-                .strip_prefix("fill disk quota of ")
-                .map(str::to_owned)
-        }))
+    // The settle leaves `quota_filled` as the faults set it.
+    let quota_filled: BTreeSet<String> = lock(&c.states)
+        .iter()
+        .zip(&c.ids)
+        .filter(|(s, _)| s.quota_filled)
+        .map(|(_, id)| id.clone())
         .collect();
     let mut obs = Observations {
         acked: std::mem::take(&mut *lock(&acked)),
